@@ -1,0 +1,107 @@
+"""What MySQL and MariaDB errors mean for a retried operation (PyMySQL and mysqlclient).
+
+The table follows the driver's errno, because the same exception class covers both
+"server gone" and "access denied". SQLAlchemy's own disconnect detection
+(``DBAPIError.connection_invalidated``) is trusted on top of it. Anything unknown is
+permanent: retrying an error nobody understood is how duplicates happen.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from sqlalchemy import event
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
+
+from uow import Classification, ErrorKind
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from sqlalchemy.engine import Engine, ExceptionContext
+
+ERRNO_KINDS: Mapping[int, ErrorKind] = MappingProxyType(
+    {
+        # The connection is gone; the server rolled the transaction back.
+        2006: ErrorKind.DISCONNECT,  # server has gone away (idle past wait_timeout)
+        2013: ErrorKind.DISCONNECT,  # lost connection during query (KILL, crash, restart)
+        2014: ErrorKind.DISCONNECT,  # commands out of sync: the protocol state is lost
+        2045: ErrorKind.DISCONNECT,  # can't open shared memory; no answer from server
+        2055: ErrorKind.DISCONNECT,  # lost connection at a system error
+        4031: ErrorKind.DISCONNECT,  # disconnected by the server for inactivity
+        1927: ErrorKind.DISCONNECT,  # MariaDB: connection was killed
+        # The server cannot be reached or takes no more connections.
+        2002: ErrorKind.UNAVAILABLE,  # can't connect through the socket
+        2003: ErrorKind.UNAVAILABLE,  # can't connect to server on host
+        1040: ErrorKind.UNAVAILABLE,  # too many connections
+        1203: ErrorKind.UNAVAILABLE,  # user has more than max_user_connections
+        # The server broke a deadlock by rolling this transaction back.
+        1213: ErrorKind.DEADLOCK,
+        # A lock wait timed out; only the statement was undone.
+        1205: ErrorKind.LOCK_WAIT,
+        3572: ErrorKind.LOCK_WAIT,  # NOWAIT: the row is locked
+        # The connection points at a server that cannot take this transaction now.
+        1290: ErrorKind.FAILOVER,  # running with --read-only
+        1792: ErrorKind.FAILOVER,  # cannot execute statement in a READ ONLY transaction
+        1836: ErrorKind.FAILOVER,  # running in read-only mode
+        1047: ErrorKind.FAILOVER,  # Galera: node not ready / not in the Primary component
+        1053: ErrorKind.FAILOVER,  # server shutdown in progress
+        # The statement was interrupted: it may still run, or be the problem itself.
+        1317: ErrorKind.INTERRUPTED,  # query execution was interrupted (KILL QUERY)
+        3024: ErrorKind.INTERRUPTED,  # maximum statement execution time exceeded
+    }
+)
+"""MySQL/MariaDB error numbers and their kinds; every other errno is permanent."""
+
+_PERMANENT_CLASSES = (IntegrityError, ProgrammingError, DataError)
+
+
+def errno_of(error: BaseException) -> int | None:
+    """Return the server or client error number of a DBAPI or driver error, if any."""
+    original = error.orig if isinstance(error, DBAPIError) else error
+    args: tuple[object, ...] = getattr(original, "args", ())
+    if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+        return args[0]
+    return None
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Tell a client-side read timeout (PyMySQL's 2013 "... (timed out)") from a lost link."""
+    original = error.orig if isinstance(error, DBAPIError) else error
+    args: tuple[object, ...] = getattr(original, "args", ())
+    return len(args) > 1 and isinstance(args[1], str) and "timed out" in args[1]
+
+
+def classify(error: BaseException) -> Classification:
+    """Say what a MySQL/MariaDB error means for the operation (see DESIGN's table)."""
+    errno = errno_of(error)
+    kind = ERRNO_KINDS.get(errno) if errno is not None else None
+    if kind is ErrorKind.DISCONNECT and _timed_out(error):
+        return Classification(ErrorKind.INTERRUPTED, errno)
+    if kind is not None:
+        return Classification(kind, errno)
+    if isinstance(error, _PERMANENT_CLASSES):
+        return Classification(ErrorKind.PERMANENT, errno)
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return Classification(ErrorKind.DISCONNECT, errno)
+    if errno == 0:  # PyMySQL's InterfaceError(0, ''): the socket is already closed
+        return Classification(ErrorKind.DISCONNECT, errno)
+    return Classification(ErrorKind.PERMANENT, errno)
+
+
+def _invalidate_on_failover(context: ExceptionContext) -> None:
+    """Make SQLAlchemy treat failover errors as disconnects.
+
+    A read-only or non-primary server still answers pings, so neither the pool nor
+    ``pool_pre_ping`` would ever drop its connections. Marking the error as a
+    disconnect lets SQLAlchemy invalidate the connection and the pool's older ones.
+    """
+    if classify(context.original_exception).kind is ErrorKind.FAILOVER:
+        context.is_disconnect = True
+
+
+def install(engine: Engine) -> None:
+    """Extend an engine's disconnect detection with the failover errors (idempotent)."""
+    if not event.contains(engine, "handle_error", _invalidate_on_failover):
+        event.listen(engine, "handle_error", _invalidate_on_failover)

@@ -1,0 +1,1 @@
+"""Helpers that run real services (such as a throwaway MariaDB) for the test suite."""

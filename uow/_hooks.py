@@ -1,0 +1,103 @@
+"""What the runner tells the world about retries: log lines and hook records."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from uow._kinds import ErrorKind
+
+logger = logging.getLogger("retrying_uow")
+"""The library's logger: WARNING per scheduled retry, ERROR on give-up."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDetails:
+    """One failed attempt as seen by the runner, handed to hooks and kept on errors.
+
+    On a scheduled retry ``will_retry`` is true and ``wait`` is the pause before the
+    next attempt. On give-up ``will_retry`` is false and ``reason`` says why; the same
+    record is reachable from the raised exception with :func:`uow.retry_details`.
+    """
+
+    operation: str
+    attempt: int
+    """Number of the attempt that failed, from 1."""
+    max_attempts: int
+    kind: ErrorKind
+    errno: int | None
+    error_type: str
+    """Qualified class name of the error, e.g. ``sqlalchemy.exc.OperationalError``."""
+    wait: float
+    elapsed: float
+    """Seconds since the operation's first attempt began."""
+    will_retry: bool
+    reason: str
+    """Why the operation stopped (``""`` when it is retried)."""
+    error: BaseException
+
+    def log_fields(self) -> dict[str, object]:
+        """Return flat, structlog-friendly fields (no SQL, no parameters, no secrets)."""
+        return {
+            "uow_operation": self.operation,
+            "uow_attempt": self.attempt,
+            "uow_max_attempts": self.max_attempts,
+            "uow_kind": self.kind.value,
+            "uow_errno": self.errno,
+            "uow_error_type": self.error_type,
+            "uow_wait": round(self.wait, 3),
+            "uow_elapsed": round(self.elapsed, 3),
+            "uow_will_retry": self.will_retry,
+            "uow_reason": self.reason,
+        }
+
+
+class RetryHook(Protocol):
+    """A callable told about every scheduled retry and every give-up."""
+
+    def __call__(self, details: RetryDetails, /) -> None:
+        """Receive one record; exceptions it raises are logged, never propagated."""
+
+
+def qualified_name(error: BaseException) -> str:
+    """Return ``module.Class`` of an exception, the form people grep for."""
+    cls = type(error)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def describe(details: RetryDetails) -> str:
+    """Return the human part shared by the retry and give-up log lines."""
+    errno = "" if details.errno is None else f" errno={details.errno}"
+    return (
+        f"attempt {details.attempt}/{details.max_attempts} failed: "
+        f"kind={details.kind.value}{errno} error={details.error_type}"
+    )
+
+
+def emit(details: RetryDetails, hooks: tuple[RetryHook, ...]) -> None:
+    """Log one record and hand it to every hook; a failing hook never breaks the operation."""
+    fields = details.log_fields()
+    if details.will_retry:
+        logger.warning(
+            "retrying %s: %s; next attempt in %.3f s",
+            details.operation,
+            describe(details),
+            details.wait,
+            extra=fields,
+        )
+    else:
+        logger.error(
+            "giving up on %s: %s; %s after %.3f s",
+            details.operation,
+            describe(details),
+            details.reason,
+            details.elapsed,
+            extra=fields,
+        )
+    for hook in hooks:
+        try:
+            hook(details)
+        except Exception:  # noqa: PERF203 -- one hook's bug must not stop the others
+            logger.exception("retry hook %r failed", hook)

@@ -1,0 +1,364 @@
+"""The runner: one business operation, rerun as a whole on transient failures."""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast
+
+import tenacity
+
+from uow._config import get_testing, sleep
+from uow._decision import Decision, decide
+from uow._errors import CommitOutcomeUnknown, UnitOfWorkError
+from uow._hooks import RetryDetails, RetryHook, emit, qualified_name
+from uow._kinds import Classification, ErrorKind, commit_outcome_unknown
+from uow._policy import RetryPolicy
+from uow._protocols import AttemptInfo, Backend, Transaction
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+    from types import TracebackType
+
+U = TypeVar("U")
+R = TypeVar("R")
+P = ParamSpec("P")
+
+_DETAILS_ATTRIBUTE = "__retrying_uow_details__"
+_random = random.Random()  # noqa: S311 -- jitter, not cryptography
+
+
+@dataclass(frozen=True, slots=True)
+class _Active:
+    """The attempt running in the current context, so nested calls can join it."""
+
+    backend: object
+    unit: object
+
+
+_active: ContextVar[_Active | None] = ContextVar("retrying_uow_active", default=None)
+
+
+def retry_details(error: BaseException) -> RetryDetails | None:
+    """Return how the operation that raised ``error`` ended, or ``None``.
+
+    Every exception that leaves an outermost operation carries the record of its
+    last attempt: the attempt count, the error kind and why it stopped. Its presence
+    also tells outer runners not to retry an error that was already given up on.
+    """
+    details = getattr(error, _DETAILS_ATTRIBUTE, None)
+    return details if isinstance(details, RetryDetails) else None
+
+
+class Runner(Generic[U]):
+    """Runs business operations, each in fresh units of work, retrying the whole.
+
+    Three entry points share one retry loop: :meth:`run` (a call), :meth:`operation`
+    (a decorator) and :meth:`attempts` (a block form for inline code).
+    """
+
+    def __init__(
+        self,
+        backend: Backend[U],
+        *,
+        policy: RetryPolicy | None = None,
+        hooks: Sequence[RetryHook] = (),
+        idempotent: bool = False,
+    ) -> None:
+        """Build a runner on an adapter's backend; see the adapters' ``factory`` helpers."""
+        self._backend = backend
+        self._policy = policy if policy is not None else RetryPolicy()
+        self._hooks = tuple(hooks)
+        self._idempotent = idempotent
+        self._clock: Callable[[], float] = time.monotonic
+
+    @property
+    def backend(self) -> Backend[U]:
+        """The adapter's backend this runner opens units of work on."""
+        return self._backend
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """The retry policy applied to every operation of this runner."""
+        return self._policy
+
+    def using(
+        self, *, policy: RetryPolicy | None = None, idempotent: bool | None = None
+    ) -> Runner[U]:
+        """Return a runner on the same backend with other settings (per-operation override).
+
+        ``idempotent=True`` declares that rerunning after a lost COMMIT is harmless, so
+        such a failure reruns the operation instead of raising
+        :class:`~uow.CommitOutcomeUnknown`.
+        """
+        runner = Runner(
+            self._backend,
+            policy=self._policy if policy is None else policy,
+            hooks=self._hooks,
+            idempotent=self._idempotent if idempotent is None else idempotent,
+        )
+        runner._clock = self._clock
+        return runner
+
+    def run(self, fn: Callable[Concatenate[U, P], R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``fn(uow, *args, **kwargs)`` as one operation and return its result.
+
+        Each attempt gets a fresh unit of work; the framework commits when ``fn``
+        returns and rolls back when it raises. After the last attempt the original
+        exception is raised, with :func:`uow.retry_details` telling how it ended.
+        """
+        for attempt in self.attempts(_name_of(fn)):
+            with attempt as unit:
+                result = fn(unit, *args, **kwargs)
+        return result
+
+    def operation(self, fn: Callable[Concatenate[U, P], R], /) -> Callable[P, R]:
+        """Decorate a function taking a unit of work first; calling it runs it as an operation."""
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            return self.run(fn, *args, **kwargs)
+
+        return wrapper
+
+    def attempts(self, name: str = "attempts") -> Iterator[Attempt[U]]:
+        """Yield attempts for inline code: ``for a in runner.attempts(): with a as uow: ...``.
+
+        Inside a running operation on the same backend, yields one attempt that joins
+        it: no new transaction, no commit, no retry of its own.
+        """
+        active = _active.get()
+        if active is not None and active.backend is self._backend:
+            # Same backend object, so the unit is of this runner's unit type.
+            yield _JoinedAttempt(cast("U", active.unit))
+            return
+        loop = _Loop(self, name, nested=active is not None)
+        retrying = tenacity.Retrying(
+            sleep=sleep,
+            retry=loop.retry,
+            stop=loop.stop,
+            wait=loop.wait,
+            before_sleep=loop.before_sleep,
+            reraise=True,
+        )
+        for manager in retrying:
+            yield _RetryingAttempt(loop, manager)
+
+    def __repr__(self) -> str:
+        policy = self._policy
+        return f"Runner({self._backend!r}, attempts={policy.attempts}, timeout={policy.timeout})"
+
+
+class _Loop(Generic[U]):
+    """The state of one operation's retry loop; tenacity calls its methods."""
+
+    def __init__(self, runner: Runner[U], name: str, *, nested: bool) -> None:
+        self.runner = runner
+        self.name = name
+        self.nested = nested
+        self.started = runner._clock()  # noqa: SLF001 -- the runner's own clock
+        self.deadline = self.started + runner.policy.timeout
+        self.last: tuple[Classification, Decision] | None = None
+
+    def elapsed(self) -> float:
+        return self.runner._clock() - self.started  # noqa: SLF001
+
+    def retry(self, state: tenacity.RetryCallState) -> bool:
+        """Classify the failure and decide; ``True`` means "retryable kind"."""
+        assert state.outcome is not None  # noqa: S101 -- tenacity calls retry after an outcome
+        error = state.outcome.exception()
+        if error is None:
+            return False
+        if self.nested:
+            return False  # only the outermost operation retries
+        classification = _classify(self.runner.backend, error)
+        testing = get_testing()
+        decision = decide(
+            self.runner.policy,
+            classification.kind,
+            attempt=state.attempt_number,
+            elapsed=self.elapsed(),
+            jitter=_random.random(),
+            attempts_cap=testing.attempts if testing.enabled else None,
+        )
+        self.last = (classification, decision)
+        if decision.reason == "not retryable":
+            _attach(error, self.details(state, error))
+            return False
+        return True
+
+    def stop(self, state: tenacity.RetryCallState) -> bool:
+        """Stop when attempts or time ran out; log the give-up once."""
+        assert self.last is not None  # noqa: S101 -- retry() ran first
+        assert state.outcome is not None  # noqa: S101
+        if self.last[1].retry:
+            return False
+        error = state.outcome.exception()
+        assert error is not None  # noqa: S101
+        details = self.details(state, error)
+        _attach(error, details)
+        emit(details, self.runner._hooks)  # noqa: SLF001
+        return True
+
+    def wait(self, state: tenacity.RetryCallState) -> float:  # noqa: ARG002 -- tenacity's signature
+        assert self.last is not None  # noqa: S101
+        return self.last[1].wait
+
+    def before_sleep(self, state: tenacity.RetryCallState) -> None:
+        assert state.outcome is not None  # noqa: S101
+        error = state.outcome.exception()
+        assert error is not None  # noqa: S101
+        emit(self.details(state, error), self.runner._hooks)  # noqa: SLF001
+
+    def details(self, state: tenacity.RetryCallState, error: BaseException) -> RetryDetails:
+        assert self.last is not None  # noqa: S101
+        classification, decision = self.last
+        return RetryDetails(
+            operation=self.name,
+            attempt=state.attempt_number,
+            max_attempts=decision.max_attempts,
+            kind=classification.kind,
+            errno=classification.errno,
+            error_type=qualified_name(error),
+            wait=decision.wait,
+            elapsed=self.elapsed(),
+            will_retry=decision.retry,
+            reason=decision.reason,
+            error=error,
+        )
+
+    def commit_failed(self, error: BaseException, attempt: int) -> BaseException:
+        """Turn an error raised by COMMIT into the one the retry loop should see."""
+        kind = _classify(self.runner.backend, error).kind
+        if not commit_outcome_unknown(kind) or self.runner._idempotent:  # noqa: SLF001
+            return error
+        unknown = CommitOutcomeUnknown(self.name, attempt)
+        unknown.__cause__ = error  # as ``raise ... from error`` would chain it
+        return unknown
+
+
+class Attempt(Generic[U]):
+    """One attempt of an operation: a context manager yielding a fresh unit of work.
+
+    Leaving the block normally flushes and commits; leaving it with an exception
+    rolls back. Either way the unit of work is closed, and the loop decides whether
+    another attempt follows.
+    """
+
+    number: int
+    """Attempt number, from 1."""
+
+    def __enter__(self) -> U:
+        raise NotImplementedError
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        raise NotImplementedError
+
+
+class _RetryingAttempt(Attempt[U]):
+    """An attempt of an outermost operation, reporting its outcome to tenacity."""
+
+    def __init__(self, loop: _Loop[U], manager: tenacity.AttemptManager) -> None:
+        self._loop = loop
+        self._manager = manager
+        self.number = manager.retry_state.attempt_number
+        self._transaction: Transaction[U] | None = None
+        self._token: Any = None
+
+    def __enter__(self) -> U:
+        info = AttemptInfo(self._loop.name, self.number, self._loop.deadline)
+        self._transaction = self._loop.runner.backend.begin(info)
+        self._token = _active.set(_Active(self._loop.runner.backend, self._transaction.unit))
+        return self._transaction.unit
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            error = self._finish(exc)
+        finally:
+            _active.reset(self._token)
+        if error is None:
+            return bool(self._manager.__exit__(None, None, None))
+        return bool(self._manager.__exit__(type(error), error, error.__traceback__))
+
+    def _finish(self, error: BaseException | None) -> BaseException | None:
+        transaction = self._transaction
+        assert transaction is not None  # noqa: S101 -- __enter__ ran
+        try:
+            if error is not None:
+                transaction.rollback()
+                return error
+            try:
+                transaction.flush()
+            except BaseException as flush_error:  # noqa: BLE001 -- handed to the retry loop
+                transaction.rollback()
+                return flush_error
+            try:
+                transaction.commit()
+            except BaseException as commit_error:  # noqa: BLE001 -- handed to the retry loop
+                transaction.rollback()
+                return self._loop.commit_failed(commit_error, self.number)
+            return None
+        finally:
+            transaction.close()
+
+
+class _JoinedAttempt(Attempt[U]):
+    """The single attempt of a nested call: the outer unit of work, no commit, no retry."""
+
+    def __init__(self, unit: U) -> None:
+        self._unit = unit
+        self.number = 1
+
+    def __enter__(self) -> U:
+        return self._unit
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        return False
+
+
+def _classify(backend: Backend[Any], error: BaseException) -> Classification:
+    """Classify, keeping the library's own errors and already-ended ones permanent."""
+    if (
+        not isinstance(error, Exception)
+        or isinstance(error, UnitOfWorkError)
+        or retry_details(error) is not None
+    ):
+        return Classification(ErrorKind.PERMANENT)
+    return backend.classify(error)
+
+
+def _attach(error: BaseException, details: RetryDetails) -> None:
+    """Record how the operation ended on the error itself (and in its notes, 3.11+)."""
+    try:
+        setattr(error, _DETAILS_ATTRIBUTE, details)
+    except (AttributeError, TypeError):  # pragma: no cover - exceptions with __slots__
+        return
+    add_note = getattr(error, "add_note", None)
+    if add_note is not None and details.attempt > 1:
+        add_note(
+            f"retrying-uow: operation {details.operation!r} gave up after attempt "
+            f"{details.attempt}/{details.max_attempts} ({details.reason}, "
+            f"kind={details.kind.value}, {details.elapsed:.3f} s)"
+        )
+
+
+def _name_of(fn: Callable[..., object]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
