@@ -52,9 +52,15 @@ class _Fault:
 class InMemoryBackend:
     """A tiny transactional store: committed tables, a private copy per attempt."""
 
-    def __init__(self, repositories: Mapping[str, RepositoryFactory] | None = None) -> None:
-        """Register the repositories every unit of work will carry."""
+    def __init__(
+        self,
+        repositories: Mapping[str, RepositoryFactory] | None = None,
+        *,
+        commit_markers: bool = False,
+    ) -> None:
+        """Register the repositories; ``commit_markers`` lets lost COMMITs be resolved."""
         self.tables: Tables = {}
+        self.commit_markers = commit_markers
         self.repositories = dict(repositories or {})
         self.attempts = 0
         self.commits = 0
@@ -164,15 +170,18 @@ class InMemoryUnitOfWork:
         repositories: Mapping[str, RepositoryFactory] | None = None,
         policy: RetryPolicy | None = None,
         hooks: Sequence[RetryHook] = (),
+        commit_markers: bool = False,
     ) -> Runner[Any]:
         """Return a runner on a new in-memory store (reach it as ``runner.backend``)."""
-        return Runner(InMemoryBackend(repositories), policy=policy, hooks=hooks)
+        backend = InMemoryBackend(repositories, commit_markers=commit_markers)
+        return Runner(backend, policy=policy, hooks=hooks)
 
 
 class _MemoryTransaction:
     def __init__(self, backend: InMemoryBackend, unit: InMemoryUnitOfWork) -> None:
         self._backend = backend
         self.unit = unit
+        self._applied = False
 
     def flush(self) -> None:
         """Nothing to send: the copy is the pending state."""
@@ -184,6 +193,7 @@ class _MemoryTransaction:
         # A copy again, so objects the operation returns never alias the store.
         self._backend.tables = copy.deepcopy(self.unit.tables)
         self._backend.commits += 1
+        self._applied = True
         if fault is not None:
             raise fault.error
 
@@ -192,6 +202,10 @@ class _MemoryTransaction:
 
     def close(self) -> None:
         self.unit.close()
+
+    def committed(self, timeout: float) -> bool | None:  # noqa: ARG002 -- nothing to wait for
+        """With commit markers on, say whether this attempt's data reached the store."""
+        return self._applied if self._backend.commit_markers else None
 
 
 class InMemoryRepository(Generic[T]):

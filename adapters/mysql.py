@@ -105,3 +105,28 @@ def install(engine: Engine) -> None:
     """Extend an engine's disconnect detection with the failover errors (idempotent)."""
     if not event.contains(engine, "handle_error", _invalidate_on_failover):
         event.listen(engine, "handle_error", _invalidate_on_failover)
+
+
+def bound_reads(dbapi_connection: object, seconds: float | None) -> float | None:
+    """Bound a PyMySQL connection's reads to ``seconds`` (None: unbounded); return the old bound.
+
+    A silent network (packets dropped, no reset) otherwise blocks a read forever. Other
+    drivers fix their timeouts at connect time; for them this does nothing.
+    """
+    if not hasattr(dbapi_connection, "_read_timeout"):
+        return None
+    previous: float | None = dbapi_connection._read_timeout  # noqa: SLF001 -- PyMySQL has no setter
+    dbapi_connection._read_timeout = seconds  # noqa: SLF001
+    sock = getattr(dbapi_connection, "_sock", None)
+    if not hasattr(dbapi_connection, "_current_timeout") and sock is not None:
+        sock.settimeout(seconds)  # older PyMySQL applies the bound only at connect
+    return previous
+
+
+def thread_id(dbapi_connection: object) -> int | None:
+    """Return the server's id of a connection (PyMySQL and mysqlclient), for ``KILL``."""
+    method = getattr(dbapi_connection, "thread_id", None)
+    if method is None:
+        return None
+    value = method()
+    return value if isinstance(value, int) else None

@@ -8,15 +8,17 @@ SQLAlchemy keeps doing identity mapping, change tracking and disconnect detectio
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
+from sqlalchemy import event, select
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import mysql
+from adapters.markers import CommitMarkers
 from uow import (
     AttemptInfo,
     Classification,
@@ -123,13 +125,17 @@ class SqlAlchemyUnitOfWork:
         policy: RetryPolicy | None = None,
         hooks: Sequence[RetryHook] = (),
         classifier: Classifier | None = None,
+        commit_markers: bool = False,
     ) -> Runner[Any]:
         """Return a runner whose operations each run in fresh units of work on ``bind``.
 
-        Annotate the result with your own unit-of-work protocol for full typing:
-        ``units: Runner[TasksUnitOfWork] = SqlAlchemyUnitOfWork.factory(engine, ...)``.
+        ``commit_markers=True`` resolves lost COMMITs exactly (see ``adapters.markers``;
+        create the table first). Annotate the result with your own unit-of-work protocol
+        for full typing: ``units: Runner[Tasks] = SqlAlchemyUnitOfWork.factory(engine)``.
         """
-        backend = SqlAlchemyBackend(bind, repositories=repositories, classifier=classifier)
+        backend = SqlAlchemyBackend(
+            bind, repositories=repositories, classifier=classifier, commit_markers=commit_markers
+        )
         return Runner(backend, policy=policy, hooks=hooks)
 
 
@@ -142,6 +148,7 @@ class SqlAlchemyBackend:
         *,
         repositories: Mapping[str, RepositoryFactory] | None = None,
         classifier: Classifier | None = None,
+        commit_markers: bool = False,
     ) -> None:
         """Use the user's Engine, or their sessionmaker and the Engine it is bound to."""
         given: object = bind  # checked at run time too: configuration often comes untyped
@@ -167,21 +174,35 @@ class SqlAlchemyBackend:
             self._classify = classifier
         elif engine.dialect.name in {"mysql", "mariadb"}:
             self._classify = mysql.classify
-            mysql.install(engine)
         else:
             self._classify = classify_generic
+        if engine.dialect.name in {"mysql", "mariadb"}:
+            mysql.install(engine)
+        _listen_once(self._sessions, "after_begin", _bound_attempt_reads)
+        _listen_once(engine.pool, "checkin", _restore_reads)
+        self._markers = CommitMarkers(engine) if commit_markers else None
 
     @property
     def engine(self) -> Engine:
         """The Engine sessions are opened on."""
         return self._engine
 
+    @property
+    def commit_markers(self) -> CommitMarkers | None:
+        """The commit markers of this backend, when enabled."""
+        return self._markers
+
     def begin(self, attempt: AttemptInfo) -> _SessionTransaction:
         """Open a fresh session (it connects lazily, on its first statement)."""
         # Results must stay readable after the session closes, and a closed session
         # must not quietly start a new transaction for someone who kept it.
-        session = self._sessions(expire_on_commit=False, close_resets_only=False)
-        return _SessionTransaction(SqlAlchemyUnitOfWork(session, self._repositories, attempt))
+        session = self._sessions(
+            expire_on_commit=False,
+            close_resets_only=False,
+            info={_DEADLINE: attempt.deadline},
+        )
+        unit = SqlAlchemyUnitOfWork(session, self._repositories, attempt)
+        return _SessionTransaction(unit, self._markers)
 
     def classify(self, error: BaseException) -> Classification:
         """Classify with the database's table (MySQL/MariaDB) or the generic rules."""
@@ -194,15 +215,28 @@ class SqlAlchemyBackend:
 class _SessionTransaction:
     """The runner's handle on one attempt's session."""
 
-    def __init__(self, unit: SqlAlchemyUnitOfWork) -> None:
+    def __init__(self, unit: SqlAlchemyUnitOfWork, markers: CommitMarkers | None) -> None:
         self.unit = unit
         self._session = unit.session
+        self._markers = markers
+        self._token: str | None = None
 
     def flush(self) -> None:
         self._session.flush()
+        if self._markers is not None:
+            self._token = self._markers.new_token()
+            self._markers.write(self._session.connection(), self._token)
 
     def commit(self) -> None:
         self._session.commit()
+        if self._markers is not None:
+            self._markers.maybe_prune()
+
+    def committed(self, timeout: float) -> bool | None:
+        if self._markers is None or self._token is None:
+            return None
+        thread_id = self._session.info.get(_THREAD_ID)
+        return self._markers.lookup(self._token, thread_id=thread_id, timeout=timeout)
 
     def rollback(self) -> None:
         try:
@@ -216,6 +250,39 @@ class _SessionTransaction:
             self._session.close()
         except Exception:
             logger.debug("closing the session failed; it is discarded", exc_info=True)
+
+
+_DEADLINE = "retrying_uow_deadline"
+_THREAD_ID = "retrying_uow_thread_id"
+_UNBOUNDED_READS = "retrying_uow_read_timeout"
+_MIN_READ_TIMEOUT = 0.1
+
+
+def _listen_once(target: Any, name: str, listener: Callable[..., None]) -> None:
+    if not event.contains(target, name, listener):
+        event.listen(target, name, listener)
+
+
+def _bound_attempt_reads(session: Session, _transaction: Any, connection: Connection) -> None:
+    """Bound the reads of an attempt's connection by the operation's remaining budget.
+
+    A blackholed network otherwise blocks forever. The connection's own bound comes
+    back when it is checked in (:func:`_restore_reads`).
+    """
+    deadline = session.info.get(_DEADLINE)
+    if deadline is None:
+        return  # a session of the user's own, not an attempt's
+    proxied = connection.connection
+    dbapi_connection = proxied.dbapi_connection
+    seconds = max(deadline - time.monotonic(), _MIN_READ_TIMEOUT)
+    previous = mysql.bound_reads(dbapi_connection, seconds)
+    proxied.info.setdefault(_UNBOUNDED_READS, previous)
+    session.info[_THREAD_ID] = mysql.thread_id(dbapi_connection)
+
+
+def _restore_reads(dbapi_connection: Any, record: Any) -> None:
+    if _UNBOUNDED_READS in record.info:
+        mysql.bound_reads(dbapi_connection, record.info.pop(_UNBOUNDED_READS))
 
 
 class SqlAlchemyRepository(Generic[T]):

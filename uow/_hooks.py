@@ -99,5 +99,5 @@ def emit(details: RetryDetails, hooks: tuple[RetryHook, ...]) -> None:
     for hook in hooks:
         try:
             hook(details)
-        except Exception:  # noqa: PERF203 -- one hook's bug must not stop the others
+        except Exception:  # one hook's bug must not stop the others
             logger.exception("retry hook %r failed", hook)

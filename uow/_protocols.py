@@ -63,6 +63,12 @@ class Transaction(Protocol[U_co]):
     def close(self) -> None:
         """End the attempt: release the connection and make the unit of work unusable."""
 
+    def committed(self, timeout: float) -> bool | None:
+        """After a lost COMMIT, tell whether it was applied; ``None`` when it cannot tell.
+
+        Called after :meth:`close`, on a fresh connection, within ``timeout`` seconds.
+        """
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptInfo:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec,
 
 import tenacity
 
+from uow._commit import RESOLUTION_GRACE, log_resolution, resolve_commit
 from uow._config import get_testing, sleep
 from uow._decision import Decision, decide
 from uow._errors import CommitOutcomeUnknown, UnitOfWorkError
@@ -67,12 +68,14 @@ class Runner(Generic[U]):
         policy: RetryPolicy | None = None,
         hooks: Sequence[RetryHook] = (),
         idempotent: bool = False,
+        verify: Callable[[U], bool] | None = None,
     ) -> None:
         """Build a runner on an adapter's backend; see the adapters' ``factory`` helpers."""
         self._backend = backend
         self._policy = policy if policy is not None else RetryPolicy()
         self._hooks = tuple(hooks)
         self._idempotent = idempotent
+        self._verify = verify
         self._clock: Callable[[], float] = time.monotonic
 
     @property
@@ -86,19 +89,27 @@ class Runner(Generic[U]):
         return self._policy
 
     def using(
-        self, *, policy: RetryPolicy | None = None, idempotent: bool | None = None
+        self,
+        *,
+        policy: RetryPolicy | None = None,
+        idempotent: bool | None = None,
+        verify: Callable[[U], bool] | None = None,
     ) -> Runner[U]:
         """Return a runner on the same backend with other settings (per-operation override).
 
-        ``idempotent=True`` declares that rerunning after a lost COMMIT is harmless, so
-        such a failure reruns the operation instead of raising
-        :class:`~uow.CommitOutcomeUnknown`.
+        What happens when the connection is lost during COMMIT (outcome unknown):
+        with commit markers enabled on the backend, the marker decides; otherwise
+        ``verify(uow)``, run in a fresh unit of work, returns whether the operation's
+        writes are there (committed: its result is returned; absent: it is rerun);
+        otherwise ``idempotent=True`` reruns it; otherwise
+        :class:`~uow.CommitOutcomeUnknown` is raised.
         """
         runner = Runner(
             self._backend,
             policy=self._policy if policy is None else policy,
             hooks=self._hooks,
             idempotent=self._idempotent if idempotent is None else idempotent,
+            verify=self._verify if verify is None else verify,
         )
         runner._clock = self._clock
         return runner
@@ -230,10 +241,24 @@ class _Loop(Generic[U]):
             error=error,
         )
 
-    def commit_failed(self, error: BaseException, attempt: int) -> BaseException:
-        """Turn an error raised by COMMIT into the one the retry loop should see."""
+    def commit_failed(
+        self, error: BaseException, attempt: int, transaction: Transaction[U]
+    ) -> BaseException | None:
+        """Turn an error raised by COMMIT into the one the loop should see (None: committed)."""
         kind = _classify(self.runner.backend, error).kind
-        if not commit_outcome_unknown(kind) or self.runner._idempotent:  # noqa: SLF001
+        if not commit_outcome_unknown(kind):
+            return error  # the server answered: the transaction did not commit
+        grace_deadline = max(self.deadline, self.runner._clock() + RESOLUTION_GRACE)  # noqa: SLF001
+        outcome = resolve_commit(
+            transaction,
+            self.runner.backend,
+            self.runner._verify,  # noqa: SLF001
+            timeout=grace_deadline - self.runner._clock(),  # noqa: SLF001
+        )
+        log_resolution(self.name, attempt, outcome)
+        if outcome.committed is True:
+            return None
+        if outcome.committed is False or self.runner._idempotent:  # noqa: SLF001
             return error
         unknown = CommitOutcomeUnknown(self.name, attempt)
         unknown.__cause__ = error  # as ``raise ... from error`` would chain it
@@ -285,10 +310,10 @@ class _RetryingAttempt(Attempt[U]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        try:
-            error = self._finish(exc)
-        finally:
-            _active.reset(self._token)
+        # Leave the context first: whatever runs from here (a commit resolution, a
+        # verification) is not nested in this attempt any more.
+        _active.reset(self._token)
+        error = self._finish(exc)
         if error is None:
             return bool(self._manager.__exit__(None, None, None))
         return bool(self._manager.__exit__(type(error), error, error.__traceback__))
@@ -296,23 +321,26 @@ class _RetryingAttempt(Attempt[U]):
     def _finish(self, error: BaseException | None) -> BaseException | None:
         transaction = self._transaction
         assert transaction is not None  # noqa: S101 -- __enter__ ran
+        commit_error: BaseException | None = None
         try:
-            if error is not None:
+            if error is None:
+                try:
+                    transaction.flush()
+                except BaseException as flush_error:  # noqa: BLE001 -- handed to the retry loop
+                    error = flush_error
+                else:
+                    try:
+                        transaction.commit()
+                    except BaseException as failed:  # noqa: BLE001 -- handed to the retry loop
+                        commit_error = failed
+            if error is not None or commit_error is not None:
                 transaction.rollback()
-                return error
-            try:
-                transaction.flush()
-            except BaseException as flush_error:  # noqa: BLE001 -- handed to the retry loop
-                transaction.rollback()
-                return flush_error
-            try:
-                transaction.commit()
-            except BaseException as commit_error:  # noqa: BLE001 -- handed to the retry loop
-                transaction.rollback()
-                return self._loop.commit_failed(commit_error, self.number)
-            return None
         finally:
             transaction.close()
+        if commit_error is not None:
+            # Resolved after close, so the dead connection is back with the pool.
+            return self._loop.commit_failed(commit_error, self.number, transaction)
+        return error
 
 
 class _JoinedAttempt(Attempt[U]):

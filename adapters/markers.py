@@ -1,0 +1,162 @@
+"""Commit markers: one row per transaction that tells, after a lost COMMIT, if it committed.
+
+When enabled, every transaction of the unit of work also inserts a row with a
+unique token into ``retrying_uow_commit_markers``. If the connection is lost while
+COMMIT is in flight, a fresh connection first ends the old one (``KILL``, so a
+transaction the server still holds is settled) and then looks the token up with a
+locking read, which waits while the original transaction is still finishing.
+Found: the transaction committed. Absent: it rolled back and can be rerun.
+
+Create the table once with :func:`create_commit_marker_table`, or in a migration
+with the DDL from :func:`commit_marker_ddl` (MySQL/MariaDB)::
+
+    CREATE TABLE retrying_uow_commit_markers (
+        token CHAR(32) NOT NULL,
+        created_at DATETIME NOT NULL,
+        PRIMARY KEY (token)
+    );
+    CREATE INDEX ix_retrying_uow_commit_markers_created_at
+        ON retrying_uow_commit_markers (created_at);
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, insert, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from adapters import mysql
+from uow import ErrorKind
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Dialect, Engine
+
+MARKER_TABLE = "retrying_uow_commit_markers"
+
+_metadata = MetaData()
+markers_table = Table(
+    MARKER_TABLE,
+    _metadata,
+    Column("token", String(32), primary_key=True),
+    Column("created_at", DateTime, nullable=False, index=True),
+)
+_insert = insert(markers_table)
+_UNKNOWN_THREAD = 1094  # KILL of a connection that is already gone
+_LOOKUP_RETRYABLE = frozenset(
+    {ErrorKind.DISCONNECT, ErrorKind.UNAVAILABLE, ErrorKind.LOCK_WAIT, ErrorKind.INTERRUPTED}
+)
+_LOOKUP_PAUSE = 0.05
+logger = logging.getLogger("retrying_uow")
+
+
+def create_commit_marker_table(engine: Engine) -> None:
+    """Create the marker table if it does not exist."""
+    _metadata.create_all(engine, tables=[markers_table])
+
+
+def commit_marker_ddl(dialect: Dialect) -> str:
+    """Return the DDL of the marker table for a dialect, for migration tools (Alembic)."""
+    statements = [CreateTable(markers_table)] + [
+        CreateIndex(index) for index in sorted(markers_table.indexes, key=lambda i: str(i.name))
+    ]
+    return ";\n".join(str(s.compile(dialect=dialect)).strip() for s in statements) + ";\n"
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class CommitMarkers:
+    """Writes, looks up and prunes the markers of one Engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        retention: dt.timedelta = dt.timedelta(hours=1),
+        prune_interval: float = 300.0,
+    ) -> None:
+        """Markers older than ``retention`` are deleted, at most once per ``prune_interval`` s."""
+        self._engine = engine
+        self._retention = retention
+        self._prune_interval = prune_interval
+        self._next_prune = 0.0
+        self._pruning = threading.Lock()
+        self._is_mysql = engine.dialect.name in {"mysql", "mariadb"}
+
+    @staticmethod
+    def new_token() -> str:
+        """Return a fresh unique token."""
+        return uuid.uuid4().hex
+
+    def write(self, connection: Connection, token: str) -> None:
+        """Insert the marker inside the transaction that is about to commit."""
+        connection.execute(_insert, {"token": token, "created_at": _utcnow()})
+
+    def lookup(self, token: str, *, thread_id: int | None, timeout: float) -> bool:
+        """Tell whether the transaction that wrote ``token`` committed.
+
+        Ends the original connection first (if the server still has it), then reads the
+        marker with a locking read bounded by ``timeout``. Raises the driver's error if
+        the server cannot be reached: the outcome then stays unknown.
+        """
+        deadline = time.monotonic() + max(timeout, 0.1)
+        while True:
+            try:
+                return self._lookup_once(token, thread_id, deadline - time.monotonic())
+            except DBAPIError as error:
+                # The lookup's own connection may meet the same trouble: try again in time.
+                transient = mysql.classify(error).kind in _LOOKUP_RETRYABLE
+                if not transient or time.monotonic() + _LOOKUP_PAUSE >= deadline:
+                    raise
+                time.sleep(_LOOKUP_PAUSE)
+
+    def _lookup_once(self, token: str, thread_id: int | None, seconds: float) -> bool:
+        seconds = max(seconds, 0.1)
+        with self._engine.connect() as connection:
+            dbapi_connection = connection.connection.dbapi_connection
+            previous = mysql.bound_reads(dbapi_connection, seconds + 1.0)
+            try:
+                if self._is_mysql:
+                    self._end_original(connection, thread_id, math.ceil(seconds))
+                query = select(markers_table.c.token).where(markers_table.c.token == token)
+                found = connection.execute(query.with_for_update(read=True)).first()
+                connection.rollback()
+                if self._is_mysql:
+                    connection.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = DEFAULT")
+            finally:
+                mysql.bound_reads(dbapi_connection, previous)
+        return found is not None
+
+    @staticmethod
+    def _end_original(connection: Connection, thread_id: int | None, wait: int) -> None:
+        if thread_id is not None:
+            try:
+                connection.exec_driver_sql(f"KILL CONNECTION {int(thread_id)}")
+            except DBAPIError as error:
+                if mysql.errno_of(error) != _UNKNOWN_THREAD:
+                    raise
+        connection.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {wait}")
+
+    def maybe_prune(self) -> None:
+        """Delete markers past their retention, at most once per interval (any thread)."""
+        now = time.monotonic()
+        if now < self._next_prune or not self._pruning.acquire(blocking=False):
+            return
+        try:
+            self._next_prune = now + self._prune_interval
+            cutoff = _utcnow() - self._retention
+            with self._engine.begin() as connection:
+                connection.execute(delete(markers_table).where(markers_table.c.created_at < cutoff))
+        except Exception:  # the operation has committed; pruning can wait for next time
+            logger.warning("pruning old commit markers failed", exc_info=True)
+        finally:
+            self._pruning.release()

@@ -1,0 +1,62 @@
+"""Fixtures shared by every test layer: the throwaway MariaDB servers.
+
+A test that needs MariaDB asks for ``mariadb`` (one server for the session) or
+``private_mariadb`` (its own server, for tests that kill or restart it). Neither
+ever skips: a server that cannot start fails the test, in CI and locally alike.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.mariadb import MariaDBServer, ensure_mariadb_installed
+from uow.testing import set_testing
+
+
+@pytest.fixture(autouse=True)
+def _reset_testing_switch() -> Iterator[None]:
+    """Every test starts and ends with the testing switch off."""
+    with set_testing(False):
+        yield
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDBServer]:
+    """One MariaDB server for the whole session; tests use their own databases on it."""
+    ensure_mariadb_installed()
+    server = MariaDBServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def private_mariadb() -> Iterator[MariaDBServer]:
+    """A MariaDB server of the test's own, free to be killed and restarted."""
+    ensure_mariadb_installed()
+    server = MariaDBServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+def _fresh_database(server: MariaDBServer) -> Iterator[str]:
+    name = server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    try:
+        yield server.url(name)
+    finally:
+        server.drop_database(name)
+
+
+@pytest.fixture
+def database_url(mariadb: MariaDBServer) -> Iterator[str]:
+    """URL (app user over TCP) of an empty database of the test's own on ``mariadb``."""
+    yield from _fresh_database(mariadb)
+
