@@ -17,10 +17,11 @@ from uow import (
     AttemptInfo,
     Classification,
     ErrorKind,
+    EventHandlers,
     RetryHook,
     RetryPolicy,
     Runner,
-    UnitOfWorkClosedError,
+    UnitOfWorkBase,
 )
 
 T = TypeVar("T")
@@ -113,22 +114,15 @@ class InMemoryBackend:
         return f"InMemoryBackend(tables={sorted(self.tables)})"
 
 
-class InMemoryUnitOfWork:
+class InMemoryUnitOfWork(UnitOfWorkBase):
     """One attempt's unit of work over a private copy of the tables."""
 
     def __init__(self, backend: InMemoryBackend, attempt: AttemptInfo) -> None:
         """Copy the committed tables; nothing is visible to others until commit."""
+        super().__init__(attempt, backend.repositories)
         self._backend = backend
-        self._attempt = attempt
         self.tables: Tables = copy.deepcopy(backend.tables)
-        self._built: dict[str, Any] = {}
         self._statements = 0
-        self._active = True
-
-    @property
-    def active(self) -> bool:
-        """Whether the attempt is still running."""
-        return self._active
 
     @property
     def backend(self) -> InMemoryBackend:
@@ -137,31 +131,12 @@ class InMemoryUnitOfWork:
 
     def table(self, name: str) -> dict[Hashable, Any]:
         """Return one table of this attempt's copy, counting the call as a statement."""
-        if not self._active:
-            msg = (
-                f"the unit of work of operation {self._attempt.operation!r} "
-                f"(attempt {self._attempt.number}) has ended; do the work inside the operation"
-            )
-            raise UnitOfWorkClosedError(msg)
+        self.check_active()
         self._statements += 1
         fault = self._backend._take_fault("statement", self._statements)  # noqa: SLF001
         if fault is not None:
             raise fault.error
         return self.tables.setdefault(name, {})
-
-    def __getattr__(self, name: str) -> Any:
-        backend: InMemoryBackend = self.__dict__["_backend"]
-        if name not in backend.repositories:
-            known = ", ".join(sorted(backend.repositories)) or "none"
-            msg = f"{type(self).__name__} has no repository {name!r} (repositories: {known})"
-            raise AttributeError(msg)
-        if name not in self._built:
-            self._built[name] = backend.repositories[name](self)
-        return self._built[name]
-
-    def close(self) -> None:
-        """End the attempt's use of this unit of work."""
-        self._active = False
 
     @classmethod
     def factory(
@@ -171,10 +146,11 @@ class InMemoryUnitOfWork:
         policy: RetryPolicy | None = None,
         hooks: Sequence[RetryHook] = (),
         commit_markers: bool = False,
+        event_handlers: EventHandlers | None = None,
     ) -> Runner[Any]:
         """Return a runner on a new in-memory store (reach it as ``runner.backend``)."""
         backend = InMemoryBackend(repositories, commit_markers=commit_markers)
-        return Runner(backend, policy=policy, hooks=hooks)
+        return Runner(backend, policy=policy, hooks=hooks, event_handlers=event_handlers)
 
 
 class _MemoryTransaction:
@@ -182,6 +158,10 @@ class _MemoryTransaction:
         self._backend = backend
         self.unit = unit
         self._applied = False
+
+    @property
+    def events(self) -> Sequence[object]:
+        return self.unit.events
 
     def flush(self) -> None:
         """Nothing to send: the copy is the pending state."""

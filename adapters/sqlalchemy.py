@@ -23,10 +23,11 @@ from uow import (
     AttemptInfo,
     Classification,
     ErrorKind,
+    EventHandlers,
     RetryHook,
     RetryPolicy,
     Runner,
-    UnitOfWorkClosedError,
+    UnitOfWorkBase,
 )
 
 T = TypeVar("T")
@@ -48,7 +49,7 @@ def classify_generic(error: BaseException) -> Classification:
     return Classification(ErrorKind.PERMANENT)
 
 
-class SqlAlchemyUnitOfWork:
+class SqlAlchemyUnitOfWork(UnitOfWorkBase):
     """One attempt's unit of work: a Session and the repositories built on it.
 
     Repositories are attributes named as in the ``repositories`` mapping, built on
@@ -63,58 +64,14 @@ class SqlAlchemyUnitOfWork:
         attempt: AttemptInfo,
     ) -> None:
         """Wrap a fresh session; the runner's backend does this once per attempt."""
+        super().__init__(attempt, repositories)
         self._session = session
-        self._factories = repositories
-        self._built: dict[str, Any] = {}
-        self._attempt = attempt
-        self._active = True
-
-    @property
-    def active(self) -> bool:
-        """Whether the attempt is still running."""
-        return self._active
-
-    @property
-    def attempt(self) -> AttemptInfo:
-        """The attempt this unit of work belongs to."""
-        return self._attempt
 
     @property
     def session(self) -> Session:
         """The attempt's Session, for repositories and queries of your own."""
-        self._check_active()
+        self.check_active()
         return self._session
-
-    def __getattr__(self, name: str) -> Any:
-        factories = self.__dict__.get("_factories", {})
-        if name not in factories:
-            known = ", ".join(sorted(factories)) or "none"
-            msg = f"{type(self).__name__} has no repository {name!r} (repositories: {known})"
-            raise AttributeError(msg)
-        self._check_active()
-        if name not in self._built:
-            self._built[name] = factories[name](self)
-        return self._built[name]
-
-    def close(self) -> None:
-        """End the attempt's use of this unit of work (the runner calls this)."""
-        self._active = False
-
-    def _check_active(self) -> None:
-        if not self._active:
-            msg = (
-                f"the unit of work of operation {self._attempt.operation!r} "
-                f"(attempt {self._attempt.number}) has ended; do the work inside the "
-                "operation instead of keeping its unit of work, session or repositories"
-            )
-            raise UnitOfWorkClosedError(msg)
-
-    def __repr__(self) -> str:
-        state = "active" if self._active else "ended"
-        return (
-            f"<{type(self).__name__} {self._attempt.operation!r} "
-            f"attempt={self._attempt.number} {state}>"
-        )
 
     @classmethod
     def factory(
@@ -126,6 +83,7 @@ class SqlAlchemyUnitOfWork:
         hooks: Sequence[RetryHook] = (),
         classifier: Classifier | None = None,
         commit_markers: bool = False,
+        event_handlers: EventHandlers | None = None,
     ) -> Runner[Any]:
         """Return a runner whose operations each run in fresh units of work on ``bind``.
 
@@ -136,7 +94,7 @@ class SqlAlchemyUnitOfWork:
         backend = SqlAlchemyBackend(
             bind, repositories=repositories, classifier=classifier, commit_markers=commit_markers
         )
-        return Runner(backend, policy=policy, hooks=hooks)
+        return Runner(backend, policy=policy, hooks=hooks, event_handlers=event_handlers)
 
 
 class SqlAlchemyBackend:
@@ -220,6 +178,10 @@ class _SessionTransaction:
         self._session = unit.session
         self._markers = markers
         self._token: str | None = None
+
+    @property
+    def events(self) -> Sequence[object]:
+        return self.unit.events
 
     def flush(self) -> None:
         self._session.flush()

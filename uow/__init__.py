@@ -8,11 +8,13 @@ on a fresh connection under a bounded :class:`RetryPolicy`.
 from importlib.metadata import PackageNotFoundError, version
 
 from uow._errors import CommitOutcomeUnknown, UnitOfWorkClosedError, UnitOfWorkError
+from uow._events import EventHandler, EventHandlers
 from uow._hooks import RetryDetails, RetryHook
 from uow._kinds import Classification, ErrorKind
 from uow._policy import KindPolicy, RetryPolicy
 from uow._protocols import AttemptInfo, Backend, Repository, Transaction, UnitOfWork
 from uow._runner import Attempt, Runner, retry_details
+from uow._unit import UnitOfWorkBase
 
 try:
     __version__ = version("retrying-uow")
@@ -26,6 +28,8 @@ __all__ = [
     "Classification",
     "CommitOutcomeUnknown",
     "ErrorKind",
+    "EventHandler",
+    "EventHandlers",
     "KindPolicy",
     "Repository",
     "RetryDetails",
@@ -34,6 +38,7 @@ __all__ = [
     "Runner",
     "Transaction",
     "UnitOfWork",
+    "UnitOfWorkBase",
     "UnitOfWorkClosedError",
     "UnitOfWorkError",
     "__version__",

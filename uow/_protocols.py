@@ -27,6 +27,9 @@ class UnitOfWork(Protocol):
     def active(self) -> bool:
         """Whether the attempt this unit of work belongs to is still running."""
 
+    def record_event(self, event: object) -> None:
+        """Record a domain event, published once after the operation commits."""
+
 
 class Repository(Protocol[T]):
     """The collection-like interface shared by the SQLAlchemy and in-memory repositories."""
@@ -50,6 +53,10 @@ class Transaction(Protocol[U_co]):
     @property
     def unit(self) -> U_co:
         """The unit of work handed to the operation."""
+
+    @property
+    def events(self) -> Sequence[object]:
+        """Events the operation recorded in this attempt, published after it commits."""
 
     def flush(self) -> None:
         """Send pending writes, so any failure before COMMIT is known to roll back."""

@@ -15,6 +15,7 @@ from uow._commit import RESOLUTION_GRACE, log_resolution, resolve_commit
 from uow._config import get_testing, sleep
 from uow._decision import Decision, decide
 from uow._errors import CommitOutcomeUnknown, UnitOfWorkError
+from uow._events import EventHandlers, publish
 from uow._hooks import RetryDetails, RetryHook, emit, qualified_name
 from uow._kinds import Classification, ErrorKind, commit_outcome_unknown
 from uow._policy import RetryPolicy
@@ -69,9 +70,15 @@ class Runner(Generic[U]):
         hooks: Sequence[RetryHook] = (),
         idempotent: bool = False,
         verify: Callable[[U], bool] | None = None,
+        event_handlers: EventHandlers | None = None,
     ) -> None:
-        """Build a runner on an adapter's backend; see the adapters' ``factory`` helpers."""
+        """Build a runner on an adapter's backend; see the adapters' ``factory`` helpers.
+
+        ``event_handlers`` maps event classes to handlers, which receive the events an
+        operation recorded with ``uow.record_event(...)`` once it has committed.
+        """
         self._backend = backend
+        self._event_handlers: EventHandlers = dict(event_handlers or {})
         self._policy = policy if policy is not None else RetryPolicy()
         self._hooks = tuple(hooks)
         self._idempotent = idempotent
@@ -110,6 +117,7 @@ class Runner(Generic[U]):
             hooks=self._hooks,
             idempotent=self._idempotent if idempotent is None else idempotent,
             verify=self._verify if verify is None else verify,
+            event_handlers=self._event_handlers,
         )
         runner._clock = self._clock
         return runner
@@ -315,6 +323,8 @@ class _RetryingAttempt(Attempt[U]):
         _active.reset(self._token)
         error = self._finish(exc)
         if error is None:
+            assert self._transaction is not None  # noqa: S101 -- __enter__ ran
+            publish(self._transaction.events, self._loop.runner._event_handlers, self._loop.name)  # noqa: SLF001
             return bool(self._manager.__exit__(None, None, None))
         return bool(self._manager.__exit__(type(error), error, error.__traceback__))
 
