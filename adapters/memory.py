@@ -43,7 +43,8 @@ class SimulatedError(Exception):
 
 @dataclass
 class _Fault:
-    error: SimulatedError
+    kind: ErrorKind
+    errno: int | None
     at: Literal["statement", "commit"]
     statement: int
     times: int
@@ -84,7 +85,7 @@ class InMemoryBackend:
         ``at="commit"`` fails at commit, after the data was applied if ``committed``
         (a lost COMMIT reply).
         """
-        self._faults.append(_Fault(SimulatedError(kind, errno), at, statement, times, committed))
+        self._faults.append(_Fault(kind, errno, at, statement, times, committed))
 
     def next_id(self) -> int:
         """Return a fresh identifier, like an auto-increment column."""
@@ -135,7 +136,7 @@ class InMemoryUnitOfWork(UnitOfWorkBase):
         self._statements += 1
         fault = self._backend._take_fault("statement", self._statements)  # noqa: SLF001
         if fault is not None:
-            raise fault.error
+            raise SimulatedError(fault.kind, fault.errno)
         return self.tables.setdefault(name, {})
 
     @classmethod
@@ -169,13 +170,13 @@ class _MemoryTransaction:
     def commit(self) -> None:
         fault = self._backend._take_fault("commit")  # noqa: SLF001
         if fault is not None and not fault.committed:
-            raise fault.error
+            raise SimulatedError(fault.kind, fault.errno)
         # A copy again, so objects the operation returns never alias the store.
         self._backend.tables = copy.deepcopy(self.unit.tables)
         self._backend.commits += 1
         self._applied = True
         if fault is not None:
-            raise fault.error
+            raise SimulatedError(fault.kind, fault.errno)
 
     def rollback(self) -> None:
         """Drop the attempt's copy: nothing of it reaches the store."""

@@ -57,9 +57,26 @@ ERRNO_KINDS: Mapping[int, ErrorKind] = MappingProxyType(
 _PERMANENT_CLASSES = (IntegrityError, ProgrammingError, DataError)
 
 
+_DRIVER_PACKAGES = frozenset({"pymysql", "MySQLdb"})
+
+
+def _driver_error(error: BaseException) -> BaseException | None:
+    """Return the driver's exception behind ``error``, or ``None`` for any other error.
+
+    Only a driver error's first argument is an error number: ``KeyError(2013)`` is a
+    programming error, not a lost connection. Drivers are recognised by their base
+    class ``MySQLError``, without importing them (both are optional).
+    """
+    original = error.orig if isinstance(error, DBAPIError) else error
+    for cls in type(original).__mro__:
+        if cls.__name__ == "MySQLError" and cls.__module__.split(".")[0] in _DRIVER_PACKAGES:
+            return original
+    return None
+
+
 def errno_of(error: BaseException) -> int | None:
     """Return the server or client error number of a DBAPI or driver error, if any."""
-    original = error.orig if isinstance(error, DBAPIError) else error
+    original = _driver_error(error)
     args: tuple[object, ...] = getattr(original, "args", ())
     if args and isinstance(args[0], int) and not isinstance(args[0], bool):
         return args[0]
@@ -68,8 +85,7 @@ def errno_of(error: BaseException) -> int | None:
 
 def _timed_out(error: BaseException) -> bool:
     """Tell a client-side read timeout (PyMySQL's 2013 "... (timed out)") from a lost link."""
-    original = error.orig if isinstance(error, DBAPIError) else error
-    args: tuple[object, ...] = getattr(original, "args", ())
+    args: tuple[object, ...] = getattr(_driver_error(error), "args", ())
     return len(args) > 1 and isinstance(args[1], str) and "timed out" in args[1]
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-if TYPE_CHECKING:
-    from uow._kinds import ErrorKind
+from uow._kinds import ErrorKind
 
 ENV_PREFIX = "RETRYING_UOW_"
 """Prefix of the environment variables read by :meth:`RetryPolicy.from_env`."""
@@ -27,6 +26,17 @@ class KindPolicy(BaseModel):
     """First backoff step for this kind, in seconds."""
     wait_max: float | None = Field(default=None, ge=0, le=300)
     """Largest backoff step for this kind, in seconds."""
+
+    @model_validator(mode="after")
+    def _check_waits(self) -> KindPolicy:
+        if (
+            self.wait_initial is not None
+            and self.wait_max is not None
+            and self.wait_initial > self.wait_max
+        ):
+            msg = f"wait_initial ({self.wait_initial}) must not exceed wait_max ({self.wait_max})"
+            raise ValueError(msg)
+        return self
 
 
 class RetryPolicy(BaseModel):
@@ -66,6 +76,20 @@ class RetryPolicy(BaseModel):
     interrupted: KindPolicy = KindPolicy(retry=False)
     permanent: KindPolicy = KindPolicy(retry=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_kind_settings(cls, data: Any) -> Any:
+        """Let ``deadlock={"attempts": 9}`` change one setting and keep the kind's defaults."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for kind in ErrorKind:
+            given = merged.get(kind.value)
+            if isinstance(given, dict):
+                default = cls.model_fields[kind.value].default
+                merged[kind.value] = {**default.model_dump(exclude_unset=True), **given}
+        return merged
+
     @model_validator(mode="after")
     def _check_consistency(self) -> RetryPolicy:
         if self.wait_initial > self.wait_max:
@@ -96,7 +120,12 @@ class RetryPolicy(BaseModel):
 
     def override(self, **changes: Any) -> RetryPolicy:
         """Return a validated copy with some settings changed (per-operation override)."""
-        return RetryPolicy.model_validate({**self.model_dump(), **changes})
+        current = self.model_dump()
+        for name, value in changes.items():
+            if isinstance(value, dict) and isinstance(current.get(name), dict):
+                value = {**current[name], **value}  # noqa: PLW2901 -- merged per kind
+            current[name] = value
+        return RetryPolicy.model_validate(current)
 
     @classmethod
     def from_env(cls, prefix: str = ENV_PREFIX) -> RetryPolicy:

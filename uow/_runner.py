@@ -180,51 +180,64 @@ class _Loop(Generic[U]):
         self.nested = nested
         self.started = runner._clock()  # noqa: SLF001 -- the runner's own clock
         self.deadline = self.started + runner.policy.timeout
-        self.last: tuple[Classification, Decision] | None = None
+        self._judged: tuple[int, Classification, Decision] | None = None
 
     def elapsed(self) -> float:
         return self.runner._clock() - self.started  # noqa: SLF001
 
+    def judge(self, state: tenacity.RetryCallState) -> tuple[Classification, Decision]:
+        """Classify the attempt's failure and decide, once per attempt.
+
+        tenacity skips ``retry`` for its own ``TryAgain``; judging here on first use,
+        whichever callback comes first, keeps every attempt inside the policy's bounds.
+        """
+        if self._judged is not None and self._judged[0] == state.attempt_number:
+            return self._judged[1], self._judged[2]
+        assert state.outcome is not None  # noqa: S101 -- tenacity asks after an outcome
+        error = state.outcome.exception()
+        if self.nested:  # only the outermost operation retries
+            classification = Classification(ErrorKind.PERMANENT)
+            decision = Decision(retry=False, wait=0.0, max_attempts=1, reason="nested")
+        else:
+            classification = _classify(self.runner.backend, error)
+            testing = get_testing()
+            decision = decide(
+                self.runner.policy,
+                classification.kind,
+                attempt=state.attempt_number,
+                elapsed=self.elapsed(),
+                jitter=_random.random(),
+                attempts_cap=testing.attempts if testing.enabled else None,
+            )
+        self._judged = (state.attempt_number, classification, decision)
+        return classification, decision
+
     def retry(self, state: tenacity.RetryCallState) -> bool:
-        """Classify the failure and decide; ``True`` means "retryable kind"."""
-        assert state.outcome is not None  # noqa: S101 -- tenacity calls retry after an outcome
+        """Return whether the failure is of a retryable kind (bounds are for ``stop``)."""
+        assert state.outcome is not None  # noqa: S101
         error = state.outcome.exception()
         if error is None:
             return False
-        if self.nested:
-            return False  # only the outermost operation retries
-        classification = _classify(self.runner.backend, error)
-        testing = get_testing()
-        decision = decide(
-            self.runner.policy,
-            classification.kind,
-            attempt=state.attempt_number,
-            elapsed=self.elapsed(),
-            jitter=_random.random(),
-            attempts_cap=testing.attempts if testing.enabled else None,
-        )
-        self.last = (classification, decision)
+        _, decision = self.judge(state)
         if decision.reason == "not retryable":
             _attach(error, self.details(state, error))
-            return False
-        return True
+        return decision.reason not in {"not retryable", "nested"}
 
     def stop(self, state: tenacity.RetryCallState) -> bool:
         """Stop when attempts or time ran out; log the give-up once."""
-        assert self.last is not None  # noqa: S101 -- retry() ran first
-        assert state.outcome is not None  # noqa: S101
-        if self.last[1].retry:
+        _, decision = self.judge(state)
+        if decision.retry:
             return False
+        assert state.outcome is not None  # noqa: S101
         error = state.outcome.exception()
-        assert error is not None  # noqa: S101
-        details = self.details(state, error)
-        _attach(error, details)
-        emit(details, self.runner._hooks)  # noqa: SLF001
+        if error is not None and not self.nested:
+            details = self.details(state, error)
+            _attach(error, details)
+            emit(details, self.runner._hooks)  # noqa: SLF001
         return True
 
-    def wait(self, state: tenacity.RetryCallState) -> float:  # noqa: ARG002 -- tenacity's signature
-        assert self.last is not None  # noqa: S101
-        return self.last[1].wait
+    def wait(self, state: tenacity.RetryCallState) -> float:
+        return self.judge(state)[1].wait
 
     def before_sleep(self, state: tenacity.RetryCallState) -> None:
         assert state.outcome is not None  # noqa: S101
@@ -233,8 +246,7 @@ class _Loop(Generic[U]):
         emit(self.details(state, error), self.runner._hooks)  # noqa: SLF001
 
     def details(self, state: tenacity.RetryCallState, error: BaseException) -> RetryDetails:
-        assert self.last is not None  # noqa: S101
-        classification, decision = self.last
+        classification, decision = self.judge(state)
         return RetryDetails(
             operation=self.name,
             attempt=state.attempt_number,
@@ -384,7 +396,12 @@ def _classify(backend: Backend[Any], error: BaseException) -> Classification:
 
 
 def _attach(error: BaseException, details: RetryDetails) -> None:
-    """Record how the operation ended on the error itself (and in its notes, 3.11+)."""
+    """Record how the operation ended on the error itself (and in its notes, 3.11+).
+
+    An error that already carries a record ended another operation: that record stays.
+    """
+    if retry_details(error) is not None:
+        return
     try:
         setattr(error, _DETAILS_ATTRIBUTE, details)
     except (AttributeError, TypeError):  # pragma: no cover - exceptions with __slots__

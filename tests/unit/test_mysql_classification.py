@@ -1,0 +1,349 @@
+"""MySQL/MariaDB error classification on real driver and SQLAlchemy exception objects."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pymysql
+import pytest
+import sqlalchemy.exc as sa_exc
+from sqlalchemy import create_engine, event
+from sqlalchemy.orm import sessionmaker
+
+from adapters import mysql
+from adapters.sqlalchemy import SqlAlchemyBackend, classify_generic
+from uow import Classification, ErrorKind
+
+STATEMENT = "UPDATE tasks SET done = %(done)s WHERE id = %(id)s"
+PARAMS = {"done": 1, "id": 7}
+PERMANENT = ErrorKind.PERMANENT
+
+
+def wrapped(
+    orig: Exception, cls: type[sa_exc.DBAPIError] | None = None, *, invalidated: bool = False
+) -> sa_exc.DBAPIError:
+    """Wrap a driver error the way SQLAlchemy does (class named after the driver's)."""
+    if cls is None:
+        cls = getattr(sa_exc, type(orig).__name__)
+    return cls(STATEMENT, PARAMS, orig, connection_invalidated=invalidated)
+
+
+OPERATIONAL = pymysql.err.OperationalError
+
+TABLE: list[tuple[int, str, ErrorKind]] = [
+    (2006, "MySQL server has gone away", ErrorKind.DISCONNECT),
+    (2013, "Lost connection to MySQL server during query", ErrorKind.DISCONNECT),
+    (2014, "Command Out of Sync", ErrorKind.DISCONNECT),
+    (2045, "Can't open shared memory; no answer from server", ErrorKind.DISCONNECT),
+    (2055, "Lost connection to MySQL server at 'reading', system error: 104", ErrorKind.DISCONNECT),
+    (4031, "The client was disconnected by the server because of inactivity", ErrorKind.DISCONNECT),
+    (1927, "Connection was killed", ErrorKind.DISCONNECT),
+    (2002, "Can't connect to local MySQL server through socket", ErrorKind.UNAVAILABLE),
+    (
+        2003,
+        "Can't connect to MySQL server on 'db' ([Errno 111] Connection refused)",
+        ErrorKind.UNAVAILABLE,
+    ),
+    (1040, "Too many connections", ErrorKind.UNAVAILABLE),
+    (1203, "User app already has more than 'max_user_connections'", ErrorKind.UNAVAILABLE),
+    (
+        1213,
+        "Deadlock found when trying to get lock; try restarting transaction",
+        ErrorKind.DEADLOCK,
+    ),
+    (1205, "Lock wait timeout exceeded; try restarting transaction", ErrorKind.LOCK_WAIT),
+    (
+        3572,
+        "Statement aborted because lock(s) could not be acquired immediately",
+        ErrorKind.LOCK_WAIT,
+    ),
+    (1290, "The MariaDB server is running with the --read-only option", ErrorKind.FAILOVER),
+    (1792, "Cannot execute statement in a READ ONLY transaction", ErrorKind.FAILOVER),
+    (1836, "Running in read-only mode", ErrorKind.FAILOVER),
+    (1047, "WSREP has not yet prepared node for application use", ErrorKind.FAILOVER),
+    (1053, "Server shutdown in progress", ErrorKind.FAILOVER),
+    (1317, "Query execution was interrupted", ErrorKind.INTERRUPTED),
+    (
+        3024,
+        "Query execution was interrupted, maximum statement execution time exceeded",
+        ErrorKind.INTERRUPTED,
+    ),
+    (1045, "Access denied for user 'app'@'localhost' (using password: YES)", PERMANENT),
+    (1153, "Got a packet bigger than 'max_allowed_packet' bytes", PERMANENT),
+    (9999, "Some future error", PERMANENT),
+]
+
+
+@pytest.mark.parametrize(("errno", "message", "kind"), TABLE, ids=[str(row[0]) for row in TABLE])
+def test_wrapped_operational_error(errno: int, message: str, kind: ErrorKind) -> None:
+    """A PyMySQL OperationalError wrapped by SQLAlchemy maps by errno, and keeps the errno."""
+    error = wrapped(OPERATIONAL(errno, message))
+    assert isinstance(error, sa_exc.OperationalError)
+    assert mysql.classify(error) == Classification(kind, errno)
+
+
+@pytest.mark.parametrize(("errno", "message", "kind"), TABLE, ids=[str(row[0]) for row in TABLE])
+def test_raw_driver_error(errno: int, message: str, kind: ErrorKind) -> None:
+    """An unwrapped PyMySQL error (e.g. from a raw connection) maps the same way."""
+    assert mysql.classify(OPERATIONAL(errno, message)) == Classification(kind, errno)
+
+
+def test_table_covers_the_design_examples() -> None:
+    """Every errno named in DESIGN.md's table has the kind the design gives it."""
+    expected = {row[0]: row[2] for row in TABLE if row[2] is not PERMANENT}
+    assert dict(mysql.ERRNO_KINDS) == expected
+
+
+def test_errno_table_is_read_only() -> None:
+    """The table cannot be changed at run time by accident."""
+    with pytest.raises(TypeError):
+        mysql.ERRNO_KINDS[1062] = ErrorKind.DEADLOCK  # type: ignore[index]
+
+
+def test_lost_connection_invalidated_by_sqlalchemy() -> None:
+    """2013 wrapped with connection_invalidated=True (what SQLAlchemy does) is a disconnect."""
+    error = wrapped(
+        OPERATIONAL(2013, "Lost connection to MySQL server during query"), invalidated=True
+    )
+    assert mysql.classify(error) == Classification(ErrorKind.DISCONNECT, 2013)
+
+
+@pytest.mark.parametrize("invalidated", [True, False])
+def test_read_timeout_is_interrupted(invalidated: bool) -> None:
+    """PyMySQL's 2013 '(timed out)' from read_timeout is interrupted, not a disconnect."""
+    orig = OPERATIONAL(2013, "Lost connection to MySQL server during query (timed out)")
+    expected = Classification(ErrorKind.INTERRUPTED, 2013)
+    assert mysql.classify(wrapped(orig, invalidated=invalidated)) == expected
+    assert mysql.classify(orig) == expected
+
+
+def test_timed_out_only_matters_for_disconnects() -> None:
+    """'timed out' in a deadlock or unknown error's message does not change its kind."""
+    assert mysql.classify(OPERATIONAL(1213, "Deadlock (timed out)")).kind is ErrorKind.DEADLOCK
+    assert mysql.classify(OPERATIONAL(1234, "whatever timed out")).kind is PERMANENT
+
+
+def test_integrity_error_is_permanent() -> None:
+    """A duplicate key (1062) is permanent, wrapped or not."""
+    orig = pymysql.err.IntegrityError(1062, "Duplicate entry 't0001' for key 'name'")
+    error = wrapped(orig)
+    assert isinstance(error, sa_exc.IntegrityError)
+    assert mysql.classify(error) == Classification(PERMANENT, 1062)
+    assert mysql.classify(orig) == Classification(PERMANENT, 1062)
+
+
+@pytest.mark.parametrize(
+    ("orig", "cls"),
+    [
+        (pymysql.err.ProgrammingError(1064, "You have an error in your SQL syntax"), None),
+        (pymysql.err.ProgrammingError(1146, "Table 'app.tasks' doesn't exist"), None),
+        (pymysql.err.DataError(1406, "Data too long for column 'name'"), None),
+    ],
+)
+def test_programming_and_data_errors_are_permanent(orig: Exception, cls: Any) -> None:
+    """Syntax, schema and data errors are permanent."""
+    assert mysql.classify(wrapped(orig, cls)).kind is PERMANENT
+
+
+def test_access_denied_is_permanent() -> None:
+    """A wrong password (1045) is never retried, even though it is an OperationalError."""
+    orig = OPERATIONAL(1045, "Access denied for user 'app'@'10.0.0.2' (using password: YES)")
+    assert mysql.classify(wrapped(orig)).kind is PERMANENT
+
+
+def test_known_errno_wins_over_a_permanent_class() -> None:
+    """The errno decides, whatever driver class carries it (here InternalError)."""
+    orig = pymysql.err.InternalError(1213, "Deadlock found when trying to get lock")
+    assert mysql.classify(wrapped(orig)).kind is ErrorKind.DEADLOCK
+
+
+def test_unknown_errno_is_permanent_unless_sqlalchemy_invalidated() -> None:
+    """Unknown errnos are permanent; SQLAlchemy's own disconnect verdict is trusted on top."""
+    orig = OPERATIONAL(2027, "Malformed packet")
+    assert mysql.classify(wrapped(orig)) == Classification(PERMANENT, 2027)
+    assert mysql.classify(wrapped(orig, invalidated=True)) == Classification(
+        ErrorKind.DISCONNECT, 2027
+    )
+
+
+def test_integrity_error_stays_permanent_even_if_invalidated() -> None:
+    """A permanent class is not turned into a retry by an invalidated connection."""
+    orig = pymysql.err.IntegrityError(1062, "Duplicate entry")
+    assert mysql.classify(wrapped(orig, invalidated=True)).kind is PERMANENT
+
+
+def test_interface_error_on_a_closed_socket_is_a_disconnect() -> None:
+    """PyMySQL's InterfaceError(0, '') (socket already closed) is a disconnect, wrapped or not."""
+    orig = pymysql.err.InterfaceError(0, "")
+    assert mysql.classify(orig) == Classification(ErrorKind.DISCONNECT, 0)
+    error = wrapped(orig)
+    assert isinstance(error, sa_exc.InterfaceError)
+    assert mysql.classify(error) == Classification(ErrorKind.DISCONNECT, 0)
+
+
+def test_driver_error_without_errno() -> None:
+    """A driver error with only a message has no errno and is permanent."""
+    assert mysql.classify(pymysql.err.InterfaceError("bad")) == Classification(PERMANENT)
+    assert mysql.errno_of(pymysql.err.InterfaceError("bad")) is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("boom"),
+        RuntimeError(),
+        ZeroDivisionError("division by zero"),
+        TypeError("unsupported operand"),
+        OSError("disk full"),
+    ],
+)
+def test_non_database_exception_is_permanent(error: Exception) -> None:
+    """An application error is permanent and has no errno."""
+    assert mysql.classify(error) == Classification(PERMANENT)
+
+
+def test_boolean_first_argument_is_not_an_errno() -> None:
+    """True/False as first argument is not mistaken for errno 1/0."""
+    assert mysql.errno_of(pymysql.err.OperationalError(False, "x")) is None
+
+
+@pytest.mark.parametrize(
+    "error", [KeyError(2013), KeyError(1213), ValueError(0, "x"), IndexError(2006)]
+)
+def test_non_database_exception_with_an_int_argument_is_permanent(error: Exception) -> None:
+    """An application error whose first argument happens to be a known errno stays permanent."""
+    assert mysql.classify(error).kind is PERMANENT
+
+
+def test_errno_of_reads_the_original_of_a_wrapped_error() -> None:
+    """errno_of() looks through SQLAlchemy's wrapper to the driver's args."""
+    assert mysql.errno_of(wrapped(OPERATIONAL(1205, "Lock wait timeout"))) == 1205
+    assert mysql.errno_of(OPERATIONAL(2006, "gone")) == 2006
+
+
+# --- engine integration, without connecting ----------------------------------------------
+
+
+def mysql_engine() -> Any:
+    return create_engine("mysql+pymysql://app:secret@127.0.0.1:1/app")
+
+
+def test_failover_errors_are_marked_as_disconnects() -> None:
+    """The handle_error listener marks read-only/failover errors as disconnects, nothing else."""
+    for errno, expected in ((1290, True), (1792, True), (1213, False), (2006, False)):
+        context = SimpleNamespace(original_exception=OPERATIONAL(errno, "x"), is_disconnect=False)
+        mysql._invalidate_on_failover(context)  # type: ignore[arg-type]
+        assert context.is_disconnect is expected, errno
+
+
+def test_install_is_idempotent() -> None:
+    """Installing the failover listener twice registers it once."""
+    engine = mysql_engine()
+    mysql.install(engine)
+    mysql.install(engine)
+    assert event.contains(engine, "handle_error", mysql._invalidate_on_failover)
+    event.remove(engine, "handle_error", mysql._invalidate_on_failover)
+    assert not event.contains(engine, "handle_error", mysql._invalidate_on_failover)
+
+
+def test_mysql_backend_uses_the_mysql_table() -> None:
+    """A SQLAlchemy backend on a MySQL engine classifies by errno and installs the listener."""
+    engine = mysql_engine()
+    backend = SqlAlchemyBackend(engine)
+    assert backend.classify(wrapped(OPERATIONAL(1213, "Deadlock"))).kind is ErrorKind.DEADLOCK
+    assert event.contains(engine, "handle_error", mysql._invalidate_on_failover)
+
+
+def test_other_database_backend_uses_the_generic_rules() -> None:
+    """On SQLite, a MySQL errno means nothing: only SQLAlchemy's disconnect verdict counts."""
+    backend = SqlAlchemyBackend(create_engine("sqlite://"))
+    assert backend.classify(wrapped(OPERATIONAL(1213, "Deadlock"))).kind is PERMANENT
+    invalidated = wrapped(OPERATIONAL(1, "x"), invalidated=True)
+    assert backend.classify(invalidated).kind is ErrorKind.DISCONNECT
+
+
+def test_custom_classifier_is_used() -> None:
+    """A classifier given to the backend replaces the built-in one."""
+    verdict = Classification(ErrorKind.FAILOVER, 42)
+    backend = SqlAlchemyBackend(mysql_engine(), classifier=lambda _error: verdict)
+    assert backend.classify(ValueError()) is verdict
+
+
+def test_sessionmaker_must_be_bound() -> None:
+    """An unbound sessionmaker is a TypeError saying what to do."""
+    with pytest.raises(TypeError, match="bound to an Engine"):
+        SqlAlchemyBackend(sessionmaker())
+
+
+def test_bind_must_be_engine_or_sessionmaker() -> None:
+    """Anything else as bind is a TypeError naming its type."""
+    with pytest.raises(TypeError, match="str"):
+        SqlAlchemyBackend("mysql://app@db/app")  # type: ignore[arg-type]
+
+
+# --- classify_generic ----------------------------------------------------------------------
+
+
+def test_generic_invalidated_connection_is_a_disconnect() -> None:
+    """classify_generic: SQLAlchemy's connection_invalidated means disconnect."""
+    error = wrapped(OPERATIONAL(2006, "gone"), invalidated=True)
+    assert classify_generic(error) == Classification(ErrorKind.DISCONNECT)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        wrapped(OPERATIONAL(2006, "gone")),
+        wrapped(pymysql.err.IntegrityError(1062, "dup")),
+        OPERATIONAL(2013, "raw, never seen by SQLAlchemy"),
+        ValueError("x"),
+    ],
+)
+def test_generic_everything_else_is_permanent(error: Exception) -> None:
+    """classify_generic: anything SQLAlchemy did not invalidate is permanent."""
+    assert classify_generic(error) == Classification(PERMANENT)
+
+
+# --- driver connection helpers -------------------------------------------------------------
+
+
+class FakeSocket:
+    def __init__(self) -> None:
+        self.timeouts: list[float | None] = []
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.timeouts.append(seconds)
+
+
+def test_bound_reads_sets_pymysql_read_timeout_and_returns_the_old_one() -> None:
+    """On a PyMySQL connection the read timeout is replaced and the previous one returned."""
+    sock = FakeSocket()
+    connection = SimpleNamespace(_read_timeout=None, _current_timeout=None, _sock=sock)
+    assert mysql.bound_reads(connection, 2.5) is None
+    assert connection._read_timeout == 2.5
+    assert mysql.bound_reads(connection, None) == 2.5
+    assert connection._read_timeout is None
+    assert sock.timeouts == []  # current PyMySQL applies _read_timeout per read
+
+
+def test_bound_reads_on_older_pymysql_sets_the_socket_timeout() -> None:
+    """Older PyMySQL reads the bound only at connect, so the socket's timeout is set too."""
+    sock = FakeSocket()
+    connection = SimpleNamespace(_read_timeout=30.0, _sock=sock)
+    assert mysql.bound_reads(connection, 1.5) == 30.0
+    assert sock.timeouts == [1.5]
+
+
+def test_bound_reads_leaves_other_drivers_alone() -> None:
+    """A connection without PyMySQL's attribute is left unchanged."""
+    connection = SimpleNamespace()
+    assert mysql.bound_reads(connection, 1.0) is None
+    assert vars(connection) == {}
+
+
+def test_thread_id_of_a_connection() -> None:
+    """thread_id() returns the driver's integer id, or None when there is none."""
+    assert mysql.thread_id(SimpleNamespace(thread_id=lambda: 42)) == 42
+    assert mysql.thread_id(SimpleNamespace(thread_id=lambda: "42")) is None
+    assert mysql.thread_id(SimpleNamespace()) is None
