@@ -8,12 +8,15 @@ ever skips: a server that cannot start fails the test, in CI and locally alike.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.mariadb import MariaDBServer, ensure_mariadb_installed
 from uow.testing import set_testing
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @pytest.fixture(autouse=True)

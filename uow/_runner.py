@@ -384,10 +384,11 @@ class _JoinedAttempt(Attempt[U]):
         return False
 
 
-def _classify(backend: Backend[Any], error: BaseException) -> Classification:
+def _classify(backend: Backend[Any], error: BaseException | None) -> Classification:
     """Classify, keeping the library's own errors and already-ended ones permanent."""
     if (
-        not isinstance(error, Exception)
+        error is None
+        or not isinstance(error, Exception)
         or isinstance(error, UnitOfWorkError)
         or retry_details(error) is not None
     ):

@@ -44,7 +44,7 @@ _MAX_SOCKET_PATH = 107
 _LIVE_SERVERS: weakref.WeakSet[MariaDBServer] = weakref.WeakSet()
 
 
-class ServerNotAvailable(RuntimeError):  # noqa: N818 - name fixed by the test suite
+class ServerNotAvailable(RuntimeError):
     """The MariaDB server could not be installed, started or reached."""
 
 
