@@ -8,17 +8,17 @@ SQLAlchemy keeps doing identity mapping, change tracking and disconnect detectio
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import event, select
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from adapters import mysql
+from adapters import mysql, pooling
 from adapters.markers import CommitMarkers
+from adapters.pooling import create_engine
 from uow import (
     AttemptInfo,
     Classification,
@@ -29,6 +29,16 @@ from uow import (
     Runner,
     UnitOfWorkBase,
 )
+
+__all__ = [
+    "Classifier",
+    "RepositoryFactory",
+    "SqlAlchemyBackend",
+    "SqlAlchemyRepository",
+    "SqlAlchemyUnitOfWork",
+    "classify_generic",
+    "create_engine",
+]
 
 T = TypeVar("T")
 logger = logging.getLogger("retrying_uow")
@@ -136,8 +146,7 @@ class SqlAlchemyBackend:
             self._classify = classify_generic
         if engine.dialect.name in {"mysql", "mariadb"}:
             mysql.install(engine)
-        _listen_once(self._sessions, "after_begin", _bound_attempt_reads)
-        _listen_once(engine.pool, "checkin", _restore_reads)
+        pooling.attach(self._sessions, engine)
         self._markers = CommitMarkers(engine) if commit_markers else None
 
     @property
@@ -157,7 +166,7 @@ class SqlAlchemyBackend:
         session = self._sessions(
             expire_on_commit=False,
             close_resets_only=False,
-            info={_DEADLINE: attempt.deadline},
+            info={pooling.DEADLINE: attempt.deadline},
         )
         unit = SqlAlchemyUnitOfWork(session, self._repositories, attempt)
         return _SessionTransaction(unit, self._markers)
@@ -197,7 +206,7 @@ class _SessionTransaction:
     def committed(self, timeout: float) -> bool | None:
         if self._markers is None or self._token is None:
             return None
-        thread_id = self._session.info.get(_THREAD_ID)
+        thread_id = pooling.thread_id(self._session)
         return self._markers.lookup(self._token, thread_id=thread_id, timeout=timeout)
 
     def rollback(self) -> None:
@@ -212,39 +221,6 @@ class _SessionTransaction:
             self._session.close()
         except Exception:
             logger.debug("closing the session failed; it is discarded", exc_info=True)
-
-
-_DEADLINE = "retrying_uow_deadline"
-_THREAD_ID = "retrying_uow_thread_id"
-_UNBOUNDED_READS = "retrying_uow_read_timeout"
-_MIN_READ_TIMEOUT = 0.1
-
-
-def _listen_once(target: Any, name: str, listener: Callable[..., None]) -> None:
-    if not event.contains(target, name, listener):
-        event.listen(target, name, listener)
-
-
-def _bound_attempt_reads(session: Session, _transaction: Any, connection: Connection) -> None:
-    """Bound the reads of an attempt's connection by the operation's remaining budget.
-
-    A blackholed network otherwise blocks forever. The connection's own bound comes
-    back when it is checked in (:func:`_restore_reads`).
-    """
-    deadline = session.info.get(_DEADLINE)
-    if deadline is None:
-        return  # a session of the user's own, not an attempt's
-    proxied = connection.connection
-    dbapi_connection = proxied.dbapi_connection
-    seconds = max(deadline - time.monotonic(), _MIN_READ_TIMEOUT)
-    previous = mysql.bound_reads(dbapi_connection, seconds)
-    proxied.info.setdefault(_UNBOUNDED_READS, previous)
-    session.info[_THREAD_ID] = mysql.thread_id(dbapi_connection)
-
-
-def _restore_reads(dbapi_connection: Any, record: Any) -> None:
-    if _UNBOUNDED_READS in record.info:
-        mysql.bound_reads(dbapi_connection, record.info.pop(_UNBOUNDED_READS))
 
 
 class SqlAlchemyRepository(Generic[T]):

@@ -1,0 +1,118 @@
+"""What the unit of work does to the connections it borrows from the user's pool.
+
+- Reads are bounded by the operation's remaining time budget (PyMySQL), so a silent
+  network ends the attempt instead of blocking it forever.
+- The server's id of the connection is noted, so a lost COMMIT can be settled.
+- On engines made by :func:`create_engine`, a connection known to be clean (its
+  transaction just committed or rolled back) goes back to the pool without the
+  redundant ROLLBACK that SQLAlchemy's reset-on-return would send.
+
+Everything applies to the sessions of attempts only; the user's own sessions and
+connections on the same engine are left as they are.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy
+from sqlalchemy import event
+
+from adapters import mysql
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.orm import Session, sessionmaker
+    from sqlalchemy.pool import PoolResetState
+
+DEADLINE = "retrying_uow_deadline"
+"""``Session.info`` key of an attempt's deadline (``time.monotonic()``)."""
+_THREAD_ID = "retrying_uow_thread_id"
+_CONNECTION = "retrying_uow_connection"
+_UNBOUNDED_READS = "retrying_uow_read_timeout"
+_CLEAN = "retrying_uow_clean"
+_MIN_READ_TIMEOUT = 0.1
+_SERVER_STATUS_IN_TRANS = 1  # MySQL protocol: the server has a transaction open
+
+
+def create_engine(url: str | sqlalchemy.URL, **kwargs: Any) -> Engine:
+    """Create an Engine as :func:`sqlalchemy.create_engine` does, lean for units of work.
+
+    The only difference: the pool's reset-on-return is replaced by one that skips the
+    ROLLBACK when the unit of work has just committed or rolled back the connection's
+    transaction (and the driver confirms none is open), saving a round trip per
+    operation. Any other connection is rolled back as usual. ``pool_pre_ping`` is not
+    needed: a stale connection fails the attempt, and the operation is rerun.
+    """
+    if "pool_reset_on_return" in kwargs:
+        return sqlalchemy.create_engine(url, **kwargs)
+    engine = sqlalchemy.create_engine(url, pool_reset_on_return=None, **kwargs)
+    event.listen(engine, "reset", _reset_unless_clean)
+    return engine
+
+
+def attach(sessions: sessionmaker[Session], engine: Engine) -> None:
+    """Install the listeners on the sessionmaker and the engine's pool (idempotent)."""
+    _listen_once(sessions, "after_begin", _on_attempt_begin)
+    _listen_once(sessions, "after_commit", _mark_clean)
+    _listen_once(sessions, "after_rollback", _mark_clean)
+    _listen_once(engine.pool, "checkin", _on_checkin)
+
+
+def thread_id(session: Session) -> int | None:
+    """Return the server's id of the connection an attempt's session used, if known."""
+    value = session.info.get(_THREAD_ID)
+    return value if isinstance(value, int) else None
+
+
+def _listen_once(target: Any, name: str, listener: Callable[..., None]) -> None:
+    if not event.contains(target, name, listener):
+        event.listen(target, name, listener)
+
+
+def _on_attempt_begin(session: Session, _transaction: Any, connection: Connection) -> None:
+    deadline = session.info.get(DEADLINE)
+    if deadline is None:
+        return  # a session of the user's own, not an attempt's
+    proxied = connection.connection
+    dbapi_connection = proxied.dbapi_connection
+    previous = mysql.bound_reads(
+        dbapi_connection, max(deadline - time.monotonic(), _MIN_READ_TIMEOUT)
+    )
+    proxied.info.setdefault(_UNBOUNDED_READS, previous)
+    session.info[_THREAD_ID] = mysql.thread_id(dbapi_connection)
+    session.info[_CONNECTION] = proxied
+
+
+def _mark_clean(session: Session) -> None:
+    """After the attempt's COMMIT or ROLLBACK succeeded, before the connection goes back."""
+    proxied = session.info.pop(_CONNECTION, None)
+    if proxied is not None:
+        proxied.info[_CLEAN] = True
+
+
+def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+    # The clean mark is for the reset of this check-in only, never a later one.
+    record.info.pop(_CLEAN, None)
+    if _UNBOUNDED_READS in record.info:
+        mysql.bound_reads(dbapi_connection, record.info.pop(_UNBOUNDED_READS))
+
+
+def _in_transaction(dbapi_connection: Any) -> bool:
+    """Ask the driver whether a transaction is open; assume so when it cannot tell."""
+    status = getattr(dbapi_connection, "server_status", None)  # PyMySQL: from the last reply
+    if isinstance(status, int):
+        return bool(status & _SERVER_STATUS_IN_TRANS)
+    in_transaction = getattr(dbapi_connection, "in_transaction", None)  # sqlite3
+    return in_transaction if isinstance(in_transaction, bool) else True
+
+
+def _reset_unless_clean(dbapi_connection: Any, record: Any, reset_state: PoolResetState) -> None:
+    if reset_state.terminate_only:
+        return  # the connection is being closed: nothing to reset
+    if record.info.pop(_CLEAN, False) and not _in_transaction(dbapi_connection):
+        return
+    dbapi_connection.rollback()
