@@ -11,7 +11,7 @@ Create the table once with :func:`create_commit_marker_table`, or in a migration
 with the DDL from :func:`commit_marker_ddl` (MySQL/MariaDB)::
 
     CREATE TABLE retrying_uow_commit_markers (
-        token CHAR(32) NOT NULL,
+        token VARCHAR(32) NOT NULL,
         created_at DATETIME NOT NULL,
         PRIMARY KEY (token)
     );

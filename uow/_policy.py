@@ -68,7 +68,7 @@ class RetryPolicy(BaseModel):
     wait_jitter: float = Field(default=0.1, ge=0, le=60)
     """Upper bound of the random amount added to each wait, so clients spread out."""
 
-    disconnect: KindPolicy = KindPolicy(wait_initial=0.0)
+    disconnect: KindPolicy = KindPolicy(wait_initial=0.02)
     unavailable: KindPolicy = KindPolicy()
     deadlock: KindPolicy = KindPolicy(wait_initial=0.01)
     lock_wait: KindPolicy = KindPolicy()
@@ -79,12 +79,14 @@ class RetryPolicy(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _merge_kind_settings(cls, data: Any) -> Any:
-        """Let ``deadlock={"attempts": 9}`` change one setting and keep the kind's defaults."""
+        """Let ``deadlock={"attempts": 9}`` (or a KindPolicy) change only what it sets."""
         if not isinstance(data, dict):
             return data
         merged = dict(data)
         for kind in ErrorKind:
             given = merged.get(kind.value)
+            if isinstance(given, KindPolicy):
+                given = given.model_dump(exclude_unset=True)
             if isinstance(given, dict):
                 default = cls.model_fields[kind.value].default
                 merged[kind.value] = {**default.model_dump(exclude_unset=True), **given}

@@ -288,11 +288,21 @@ def test_per_kind_waits_are_used() -> None:
     assert policy.backoff(ErrorKind.UNAVAILABLE, 1, 0.0) == pytest.approx(0.1)
 
 
-def test_default_disconnect_retry_is_immediate_apart_from_jitter() -> None:
-    """A lost connection is rerun at once by default (fresh connection, nothing to wait for)."""
+def test_default_disconnect_retry_starts_short_and_backs_off() -> None:
+    """A lost connection is rerun almost at once, then with growing waits if it keeps failing."""
     policy = RetryPolicy()
-    assert policy.backoff(ErrorKind.DISCONNECT, 1, 0.0) == 0.0
-    assert policy.backoff(ErrorKind.DISCONNECT, 4, 0.5) == pytest.approx(0.5 * policy.wait_jitter)
+    assert policy.backoff(ErrorKind.DISCONNECT, 1, 0.0) == pytest.approx(0.02)
+    assert policy.backoff(ErrorKind.DISCONNECT, 4, 0.0) == pytest.approx(0.16)
+    assert policy.backoff(ErrorKind.DISCONNECT, 4, 0.5) == pytest.approx(
+        0.16 + 0.5 * policy.wait_jitter
+    )
+
+
+def test_kind_policy_object_keeps_the_kinds_other_defaults() -> None:
+    """deadlock=KindPolicy(attempts=3) changes the attempts only, like the dict form."""
+    assert RetryPolicy(deadlock=KindPolicy(attempts=3)).deadlock == KindPolicy(
+        attempts=3, wait_initial=0.01
+    )
 
 
 def test_kind_wait_initial_above_its_wait_max_is_rejected() -> None:
