@@ -55,6 +55,8 @@ ERRNO_KINDS: Mapping[int, ErrorKind] = MappingProxyType(
 """MySQL/MariaDB error numbers and their kinds; every other errno is permanent."""
 
 _PERMANENT_CLASSES = (IntegrityError, ProgrammingError, DataError)
+CAUSE_ATTRIBUTE = "__retrying_uow_cause__"
+"""Attribute of a SQLAlchemy error holding the likely cause named by ``adapters.guard``."""
 
 
 _DRIVER_PACKAGES = frozenset({"pymysql", "MySQLdb"})
@@ -93,14 +95,15 @@ def classify(error: BaseException) -> Classification:
     """Say what a MySQL/MariaDB error means for the operation (see DESIGN's table)."""
     errno = errno_of(error)
     kind = ERRNO_KINDS.get(errno) if errno is not None else None
+    cause = getattr(error, CAUSE_ATTRIBUTE, None)
     if kind is ErrorKind.DISCONNECT and _timed_out(error):
-        return Classification(ErrorKind.INTERRUPTED, errno)
+        return Classification(ErrorKind.INTERRUPTED, errno, cause)
     if kind is not None:
-        return Classification(kind, errno)
+        return Classification(kind, errno, cause)
     if isinstance(error, _PERMANENT_CLASSES):
         return Classification(ErrorKind.PERMANENT, errno)
     if isinstance(error, DBAPIError) and error.connection_invalidated:
-        return Classification(ErrorKind.DISCONNECT, errno)
+        return Classification(ErrorKind.DISCONNECT, errno, cause)
     if errno == 0:  # PyMySQL's InterfaceError(0, ''): the socket is already closed
         return Classification(ErrorKind.DISCONNECT, errno)
     return Classification(ErrorKind.PERMANENT, errno)

@@ -3,6 +3,7 @@
 - Reads are bounded by the operation's remaining time budget (PyMySQL), so a silent
   network ends the attempt instead of blocking it forever.
 - The server's id of the connection is noted, so a lost COMMIT can be settled.
+- The transaction guard (``adapters.guard``) watches the attempt's transaction.
 - On engines made by :func:`create_engine`, a connection known to be clean (its
   transaction just committed or rolled back) goes back to the pool without the
   redundant ROLLBACK that SQLAlchemy's reset-on-return would send.
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy
 from sqlalchemy import event
 
-from adapters import mysql
+from adapters import guard, mysql
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
     from sqlalchemy.pool import PoolResetState
 
-DEADLINE = "retrying_uow_deadline"
-"""``Session.info`` key of an attempt's deadline (``time.monotonic()``)."""
+ATTEMPT = "retrying_uow_attempt"
+"""``Session.info`` key of the attempt (``uow.AttemptInfo``) a session belongs to."""
 _THREAD_ID = "retrying_uow_thread_id"
 _CONNECTION = "retrying_uow_connection"
 _UNBOUNDED_READS = "retrying_uow_read_timeout"
@@ -60,6 +61,7 @@ def attach(sessions: sessionmaker[Session], engine: Engine) -> None:
     _listen_once(sessions, "after_commit", _mark_clean)
     _listen_once(sessions, "after_rollback", _mark_clean)
     _listen_once(engine.pool, "checkin", _on_checkin)
+    guard.install(engine)
 
 
 def thread_id(session: Session) -> int | None:
@@ -74,15 +76,14 @@ def _listen_once(target: Any, name: str, listener: Callable[..., None]) -> None:
 
 
 def _on_attempt_begin(session: Session, _transaction: Any, connection: Connection) -> None:
-    deadline = session.info.get(DEADLINE)
-    if deadline is None:
+    attempt = session.info.get(ATTEMPT)
+    if attempt is None:
         return  # a session of the user's own, not an attempt's
     proxied = connection.connection
     dbapi_connection = proxied.dbapi_connection
-    previous = mysql.bound_reads(
-        dbapi_connection, max(deadline - time.monotonic(), _MIN_READ_TIMEOUT)
-    )
-    proxied.info.setdefault(_UNBOUNDED_READS, previous)
+    guard.watch(connection, attempt)
+    remaining = max(attempt.deadline - time.monotonic(), _MIN_READ_TIMEOUT)
+    proxied.info.setdefault(_UNBOUNDED_READS, mysql.bound_reads(dbapi_connection, remaining))
     session.info[_THREAD_ID] = mysql.thread_id(dbapi_connection)
     session.info[_CONNECTION] = proxied
 
@@ -97,6 +98,7 @@ def _mark_clean(session: Session) -> None:
 def _on_checkin(dbapi_connection: Any, record: Any) -> None:
     # The clean mark is for the reset of this check-in only, never a later one.
     record.info.pop(_CLEAN, None)
+    guard.unwatch(record.info)
     if _UNBOUNDED_READS in record.info:
         mysql.bound_reads(dbapi_connection, record.info.pop(_UNBOUNDED_READS))
 

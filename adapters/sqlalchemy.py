@@ -166,7 +166,7 @@ class SqlAlchemyBackend:
         session = self._sessions(
             expire_on_commit=False,
             close_resets_only=False,
-            info={pooling.DEADLINE: attempt.deadline},
+            info={pooling.ATTEMPT: attempt},
         )
         unit = SqlAlchemyUnitOfWork(session, self._repositories, attempt)
         return _SessionTransaction(unit, self._markers)

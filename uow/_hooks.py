@@ -37,6 +37,8 @@ class RetryDetails:
     reason: str
     """Why the operation stopped (``""`` when it is retried)."""
     error: BaseException
+    cause: str | None = None
+    """The likely cause the adapter named, e.g. "idle 3.4 s in a transaction; ..."."""
 
     def log_fields(self) -> dict[str, object]:
         """Return flat, structlog-friendly fields (no SQL, no parameters, no secrets)."""
@@ -51,6 +53,7 @@ class RetryDetails:
             "uow_elapsed": round(self.elapsed, 3),
             "uow_will_retry": self.will_retry,
             "uow_reason": self.reason,
+            "uow_cause": self.cause,
         }
 
 
@@ -70,9 +73,10 @@ def qualified_name(error: BaseException) -> str:
 def describe(details: RetryDetails) -> str:
     """Return the human part shared by the retry and give-up log lines."""
     errno = "" if details.errno is None else f" errno={details.errno}"
+    cause = "" if details.cause is None else f" cause={details.cause!r}"
     return (
         f"attempt {details.attempt}/{details.max_attempts} failed: "
-        f"kind={details.kind.value}{errno} error={details.error_type}"
+        f"kind={details.kind.value}{errno} error={details.error_type}{cause}"
     )
 
 

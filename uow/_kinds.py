@@ -38,6 +38,9 @@ class Classification:
 
     kind: ErrorKind
     errno: int | None = None
+    cause: str | None = None
+    """The likely cause, when the adapter can name it (e.g. "idle 3.4 s in a transaction;
+    server wait_timeout is 2 s"); shown in log lines and the error's notes."""
 
 
 PERMANENT = Classification(ErrorKind.PERMANENT)

@@ -68,6 +68,12 @@ class RetryPolicy(BaseModel):
     wait_jitter: float = Field(default=0.1, ge=0, le=60)
     """Upper bound of the random amount added to each wait, so clients spread out."""
 
+    warn_transaction_after: float | None = Field(default=10.0, gt=0, le=86_400)
+    """Log a WARNING when an attempt keeps its transaction open longer (``None``: never)."""
+    warn_idle_transaction: bool = True
+    """Log a WARNING when an attempt leaves its transaction idle past the server's
+    ``wait_timeout`` (MySQL/MariaDB), the classic cause of "server has gone away"."""
+
     disconnect: KindPolicy = KindPolicy(wait_initial=0.02)
     unavailable: KindPolicy = KindPolicy()
     deadlock: KindPolicy = KindPolicy(wait_initial=0.01)

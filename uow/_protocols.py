@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from uow._kinds import Classification
+from uow._policy import RetryPolicy
 
 T = TypeVar("T")
 U_co = TypeVar("U_co", covariant=True)
@@ -77,6 +78,9 @@ class Transaction(Protocol[U_co]):
         """
 
 
+_DEFAULT_POLICY = RetryPolicy()
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptInfo:
     """What an adapter is told about the attempt it opens a transaction for."""
@@ -86,6 +90,8 @@ class AttemptInfo:
     """Attempt number, from 1."""
     deadline: float
     """``time.monotonic()`` value at which the operation's time budget ends."""
+    policy: RetryPolicy = _DEFAULT_POLICY
+    """The operation's policy, for adapters that act on its settings (the transaction guard)."""
 
 
 class Backend(Protocol[U_co]):

@@ -259,6 +259,7 @@ class _Loop(Generic[U]):
             will_retry=decision.retry,
             reason=decision.reason,
             error=error,
+            cause=classification.cause,
         )
 
     def commit_failed(
@@ -319,7 +320,8 @@ class _RetryingAttempt(Attempt[U]):
         self._token: Any = None
 
     def __enter__(self) -> U:
-        info = AttemptInfo(self._loop.name, self.number, self._loop.deadline)
+        loop = self._loop
+        info = AttemptInfo(loop.name, self.number, loop.deadline, loop.runner.policy)
         self._transaction = self._loop.runner.backend.begin(info)
         self._token = _active.set(_Active(self._loop.runner.backend, self._transaction.unit))
         return self._transaction.unit
@@ -408,11 +410,12 @@ def _attach(error: BaseException, details: RetryDetails) -> None:
     except (AttributeError, TypeError):  # pragma: no cover - exceptions with __slots__
         return
     add_note = getattr(error, "add_note", None)
-    if add_note is not None and details.attempt > 1:
+    if add_note is not None and (details.attempt > 1 or details.cause is not None):
+        cause = "" if details.cause is None else f"; likely cause: {details.cause}"
         add_note(
             f"retrying-uow: operation {details.operation!r} gave up after attempt "
             f"{details.attempt}/{details.max_attempts} ({details.reason}, "
-            f"kind={details.kind.value}, {details.elapsed:.3f} s)"
+            f"kind={details.kind.value}, {details.elapsed:.3f} s){cause}"
         )
 
 
