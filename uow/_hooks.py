@@ -58,7 +58,12 @@ class RetryDetails:
 
 
 class RetryHook(Protocol):
-    """A callable told about every scheduled retry and every give-up."""
+    """A callable told about every failed attempt of an outermost operation.
+
+    That is every scheduled retry (``will_retry``), every give-up after retries, and
+    every error that is never retried (``reason == "not retryable"``, e.g. an
+    IntegrityError), which is logged by no one but the caller.
+    """
 
     def __call__(self, details: RetryDetails, /) -> None:
         """Receive one record; exceptions it raises are logged, never propagated."""
@@ -80,8 +85,21 @@ def describe(details: RetryDetails) -> str:
     )
 
 
-def emit(details: RetryDetails, hooks: tuple[RetryHook, ...]) -> None:
-    """Log one record and hand it to every hook; a failing hook never breaks the operation."""
+def emit(details: RetryDetails, hooks: tuple[RetryHook, ...], *, log: bool = True) -> None:
+    """Log one record (unless ``log`` is false) and hand it to every hook.
+
+    A failing hook is logged and never breaks the operation.
+    """
+    if log:
+        _log(details)
+    for hook in hooks:
+        try:
+            hook(details)
+        except Exception:  # one hook's bug must not stop the others
+            logger.exception("retry hook %r failed", hook)
+
+
+def _log(details: RetryDetails) -> None:
     fields = details.log_fields()
     if details.will_retry:
         logger.warning(
@@ -100,8 +118,3 @@ def emit(details: RetryDetails, hooks: tuple[RetryHook, ...]) -> None:
             details.elapsed,
             extra=fields,
         )
-    for hook in hooks:
-        try:
-            hook(details)
-        except Exception:  # one hook's bug must not stop the others
-            logger.exception("retry hook %r failed", hook)

@@ -220,7 +220,10 @@ class _Loop(Generic[U]):
             return False
         _, decision = self.judge(state)
         if decision.reason == "not retryable":
-            _attach(error, self.details(state, error))
+            # The caller handles this error; hooks still see it (metrics), the log does not.
+            details = self.details(state, error)
+            _attach(error, details)
+            emit(details, self.runner._hooks, log=False)  # noqa: SLF001
         return decision.reason not in {"not retryable", "nested"}
 
     def stop(self, state: tenacity.RetryCallState) -> bool:

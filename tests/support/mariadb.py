@@ -127,6 +127,9 @@ class MariaDBServer:
             base_dir = Path(tempfile.mkdtemp(prefix="uow-mdb-", dir="/tmp"))
         self.base_dir = base_dir
         self.data_dir = base_dir / "data"
+        # A tmpdir of its own: mariadbd deletes every #sql* file of its tmpdir at start,
+        # which in a shared /tmp includes other servers' temporary tables.
+        self.tmp_dir = base_dir / "tmp"
         self.socket_path = base_dir / "mysqld.sock"
         self.pid_file = base_dir / "mysqld.pid"
         self.error_log = base_dir / "error.log"
@@ -180,6 +183,7 @@ class MariaDBServer:
             install_db,
             "--no-defaults",
             f"--datadir={self.data_dir}",
+            f"--tmpdir={self.tmp_dir}",
             "--skip-test-db",
             "--auth-root-authentication-method=socket",
             f"--auth-root-socket-user={self._admin_user}",
@@ -217,6 +221,7 @@ class MariaDBServer:
         if mariadbd is None:
             raise ServerNotAvailable("mariadbd not found; call ensure_mariadb_installed()")
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(exist_ok=True)
         if not (self.data_dir / "mysql").is_dir():
             self._install_db(deadline - time.monotonic())
         # --no-defaults must come first, or Debian's my.cnf is read anyway.
@@ -224,6 +229,7 @@ class MariaDBServer:
             mariadbd,
             "--no-defaults",
             f"--datadir={self.data_dir}",
+            f"--tmpdir={self.tmp_dir}",
             f"--socket={self.socket_path}",
             f"--pid-file={self.pid_file}",
             f"--port={self.port}",
@@ -278,8 +284,19 @@ class MariaDBServer:
 
         Raises ServerNotAvailable if the process exits or the timeout passes.
         """
+        # PyMySQL leaks the socket of every failed connect while the server boots.
+        # Their ResourceWarnings are silenced here and the sockets collected before
+        # leaving, so none surfaces in some later test (warnings are errors there).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            try:
+                self._poll_ready(timeout)
+            finally:
+                gc.collect()
+
+    def _poll_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
+        last_error = ""  # a string: a kept exception would keep its leaked socket alive
         while True:
             proc = self._proc
             if proc is None:
@@ -290,20 +307,13 @@ class MariaDBServer:
             try:
                 # mariadbd opens its TCP listener before the unix socket, so this
                 # covers both; a bare TCP probe would log an "Aborted connection".
-                # PyMySQL leaks the socket of a failed connect: collect it here, so
-                # its ResourceWarning does not surface in some later test.
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ResourceWarning)
-                    try:
-                        self._admin_connect(connect_timeout=2).close()
-                    finally:
-                        gc.collect()
+                self._admin_connect(connect_timeout=2).close()
             except (pymysql.err.MySQLError, OSError) as exc:
-                last_error = exc
+                last_error = repr(exc)
             else:
                 return
             if time.monotonic() >= deadline:
-                what = f"mariadbd (pid {proc.pid}) not ready after {timeout:.1f} s ({last_error!r})"
+                what = f"mariadbd (pid {proc.pid}) not ready after {timeout:.1f} s ({last_error})"
                 raise self._failure(what)
             time.sleep(0.05)
 

@@ -568,6 +568,20 @@ def test_permanent_error_logs_nothing(units: Runner[Any], caplog: pytest.LogCapt
     assert records(caplog, logging.ERROR) == []
 
 
+def test_hooks_see_an_error_that_is_never_retried() -> None:
+    """Hooks get one record for a non-retryable error (reason "not retryable"), for metrics."""
+    seen: list[RetryDetails] = []
+    runner = make_runner(hooks=[seen.append])
+    with pytest.raises(ZeroDivisionError) as excinfo:
+        runner.run(lambda _uow: 1 / 0)
+    (details,) = seen
+    assert details.reason == "not retryable"
+    assert details.will_retry is False
+    assert details.kind is ErrorKind.PERMANENT
+    assert details.attempt == 1
+    assert details.error is excinfo.value
+
+
 def test_block_form_logs_its_name(units: Runner[Any], caplog: pytest.LogCaptureFixture) -> None:
     """The block form's operation name given to attempts() appears in the log."""
     caplog.set_level(logging.WARNING, logger=LOGGER)
