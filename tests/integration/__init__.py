@@ -1,0 +1,1 @@
+"""Integration tests: the retrying unit of work against a real MariaDB server."""
