@@ -124,6 +124,7 @@ class InMemoryUnitOfWork(UnitOfWorkBase):
         self._backend = backend
         self.tables: Tables = copy.deepcopy(backend.tables)
         self._statements = 0
+        self.errors_raised: list[SimulatedError] = []
 
     @property
     def backend(self) -> InMemoryBackend:
@@ -136,7 +137,9 @@ class InMemoryUnitOfWork(UnitOfWorkBase):
         self._statements += 1
         fault = self._backend._take_fault("statement", self._statements)  # noqa: SLF001
         if fault is not None:
-            raise SimulatedError(fault.kind, fault.errno)
+            error = SimulatedError(fault.kind, fault.errno)
+            self.errors_raised.append(error)
+            raise error
         return self.tables.setdefault(name, {})
 
     @classmethod
@@ -165,7 +168,8 @@ class _MemoryTransaction:
         return self.unit.events
 
     def flush(self) -> None:
-        """Nothing to send: the copy is the pending state."""
+        """Nothing to send (the copy is the pending state); refuse swallowed errors."""
+        self.unit.refuse_swallowed_errors(self.unit.errors_raised, self._backend.classify)
 
     def commit(self) -> None:
         fault = self._backend._take_fault("commit")  # noqa: SLF001

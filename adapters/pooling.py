@@ -4,6 +4,8 @@
   network ends the attempt instead of blocking it forever.
 - The server's id of the connection is noted, so a lost COMMIT can be settled.
 - The transaction guard (``adapters.guard``) watches the attempt's transaction.
+- Database errors raised inside the attempt are remembered, so an attempt whose code
+  caught a transient error (a deadlock, a lost connection) is never committed.
 - On engines made by :func:`create_engine`, a connection known to be clean (its
   transaction just committed or rolled back) goes back to the pool without the
   redundant ROLLBACK that SQLAlchemy's reset-on-return would send.
@@ -25,7 +27,7 @@ from adapters import guard, mysql
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Connection, Engine, ExceptionContext
     from sqlalchemy.orm import Session, sessionmaker
     from sqlalchemy.pool import PoolResetState
 
@@ -35,6 +37,8 @@ _THREAD_ID = "retrying_uow_thread_id"
 _CONNECTION = "retrying_uow_connection"
 _UNBOUNDED_READS = "retrying_uow_read_timeout"
 _CLEAN = "retrying_uow_clean"
+_SESSION_INFO = "retrying_uow_session_info"
+_ERRORS = "retrying_uow_errors"
 _MIN_READ_TIMEOUT = 0.1
 _SERVER_STATUS_IN_TRANS = 1  # MySQL protocol: the server has a transaction open
 
@@ -61,6 +65,7 @@ def attach(sessions: sessionmaker[Session], engine: Engine) -> None:
     _listen_once(sessions, "after_commit", _mark_clean)
     _listen_once(sessions, "after_rollback", _mark_clean)
     _listen_once(engine.pool, "checkin", _on_checkin)
+    _listen_once(engine, "handle_error", _remember_error)
     guard.install(engine)
 
 
@@ -68,6 +73,12 @@ def thread_id(session: Session) -> int | None:
     """Return the server's id of the connection an attempt's session used, if known."""
     value = session.info.get(_THREAD_ID)
     return value if isinstance(value, int) else None
+
+
+def errors_seen(session: Session) -> list[BaseException]:
+    """Return the database errors raised by statements of an attempt's session so far."""
+    errors: list[BaseException] = session.info.get(_ERRORS, [])
+    return errors
 
 
 def _listen_once(target: Any, name: str, listener: Callable[..., None]) -> None:
@@ -86,6 +97,18 @@ def _on_attempt_begin(session: Session, _transaction: Any, connection: Connectio
     proxied.info.setdefault(_UNBOUNDED_READS, mysql.bound_reads(dbapi_connection, remaining))
     session.info[_THREAD_ID] = mysql.thread_id(dbapi_connection)
     session.info[_CONNECTION] = proxied
+    proxied.info[_SESSION_INFO] = session.info
+
+
+def _remember_error(context: ExceptionContext) -> None:
+    """Note a statement's error on the attempt's session, even if its code catches it."""
+    connection = context.connection
+    error = context.sqlalchemy_exception
+    if connection is None or error is None or connection.invalidated:
+        return
+    session_info = connection.info.get(_SESSION_INFO)
+    if session_info is not None:
+        session_info.setdefault(_ERRORS, []).append(error)
 
 
 def _mark_clean(session: Session) -> None:
@@ -98,6 +121,7 @@ def _mark_clean(session: Session) -> None:
 def _on_checkin(dbapi_connection: Any, record: Any) -> None:
     # The clean mark is for the reset of this check-in only, never a later one.
     record.info.pop(_CLEAN, None)
+    record.info.pop(_SESSION_INFO, None)
     guard.unwatch(record.info)
     if _UNBOUNDED_READS in record.info:
         mysql.bound_reads(dbapi_connection, record.info.pop(_UNBOUNDED_READS))

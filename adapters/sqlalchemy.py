@@ -169,7 +169,7 @@ class SqlAlchemyBackend:
             info={pooling.ATTEMPT: attempt},
         )
         unit = SqlAlchemyUnitOfWork(session, self._repositories, attempt)
-        return _SessionTransaction(unit, self._markers)
+        return _SessionTransaction(unit, self._markers, self._classify)
 
     def classify(self, error: BaseException) -> Classification:
         """Classify with the database's table (MySQL/MariaDB) or the generic rules."""
@@ -182,10 +182,13 @@ class SqlAlchemyBackend:
 class _SessionTransaction:
     """The runner's handle on one attempt's session."""
 
-    def __init__(self, unit: SqlAlchemyUnitOfWork, markers: CommitMarkers | None) -> None:
+    def __init__(
+        self, unit: SqlAlchemyUnitOfWork, markers: CommitMarkers | None, classify: Classifier
+    ) -> None:
         self.unit = unit
         self._session = unit.session
         self._markers = markers
+        self._classify = classify
         self._token: str | None = None
 
     @property
@@ -193,6 +196,7 @@ class _SessionTransaction:
         return self.unit.events
 
     def flush(self) -> None:
+        self.unit.refuse_swallowed_errors(pooling.errors_seen(self._session), self._classify)
         self._session.flush()
         if self._markers is not None:
             self._token = self._markers.new_token()

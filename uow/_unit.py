@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from uow._errors import UnitOfWorkClosedError
+from uow._kinds import ErrorKind
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
+    from uow._kinds import Classification
     from uow._protocols import AttemptInfo
 
 
@@ -50,6 +52,29 @@ class UnitOfWorkBase:
         """Record a domain event, published once after this attempt commits."""
         self.check_active()
         self._events.append(event)
+
+    def refuse_swallowed_errors(
+        self,
+        errors: Iterable[BaseException],
+        classify: Callable[[BaseException], Classification],
+    ) -> None:
+        """Raise the first transient error the operation's own code caught (before COMMIT).
+
+        An operation that catches a deadlock, a lock wait timeout or a lost connection
+        and returns normally must not be committed: on a single server the rest of the
+        transaction would commit without the undone part, and on Galera a COMMIT after
+        a certification failure returns OK with the writes gone. Raising the original
+        error again makes the runner roll back and rerun (or give up) as for any other.
+        """
+        for error in errors:
+            if classify(error).kind is not ErrorKind.PERMANENT:
+                add_note = getattr(error, "add_note", None)
+                if add_note is not None:
+                    add_note(
+                        "retrying-uow: the operation caught this error and returned; "
+                        "its attempt was not committed"
+                    )
+                raise error
 
     def close(self) -> None:
         """End the attempt's use of this unit of work (the runner does this)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -1159,3 +1160,43 @@ def test_error_kind_prints_as_its_value() -> None:
     """str(ErrorKind.X) is the value used in logs and settings ('lock_wait')."""
     assert str(ErrorKind.LOCK_WAIT) == "lock_wait"
     assert ErrorKind("deadlock") is ErrorKind.DEADLOCK
+
+
+def test_swallowed_transient_error_is_not_committed() -> None:
+    """An operation catching a deadlock and returning is rolled back and rerun, never committed."""
+    runner = make_runner(RetryPolicy(wait_initial=0, wait_jitter=0))
+    backend_of(runner).fail(ErrorKind.DEADLOCK, errno=1213, statement=2)
+    swallowed: list[int] = []
+
+    def add_two(unit: Any) -> None:
+        unit.tasks.add(Task(name="first"))
+        try:
+            unit.tasks.add(Task(name="second"))
+        except SimulatedError as error:
+            swallowed.append(error.errno or 0)
+
+    runner.run(add_two)
+
+    assert swallowed == [1213]  # attempt 1 only: attempt 2 saw no error
+    assert backend_of(runner).attempts == 2
+    assert backend_of(runner).commits == 1
+    assert sorted(task.name for task in backend_of(runner).tables["TaskRepository"].values()) == [
+        "first",
+        "second",
+    ]
+
+
+def test_swallowed_permanent_error_does_not_block_the_commit() -> None:
+    """Catching a permanent error is the operation's business: the attempt commits once."""
+    runner = make_runner()
+    backend_of(runner).fail(ErrorKind.PERMANENT, errno=1062, statement=1)
+
+    def insert_or_ignore(unit: Any) -> None:
+        with contextlib.suppress(SimulatedError):
+            unit.tasks.add(Task(name="duplicate"))
+        unit.tasks.add(Task(name="kept"))
+
+    runner.run(insert_or_ignore)
+    assert backend_of(runner).attempts == 1
+    assert backend_of(runner).commits == 1
+    assert [task.name for task in backend_of(runner).tables["TaskRepository"].values()] == ["kept"]
