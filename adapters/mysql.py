@@ -46,6 +46,7 @@ ERRNO_KINDS: Mapping[int, ErrorKind] = MappingProxyType(
         1792: ErrorKind.FAILOVER,  # cannot execute statement in a READ ONLY transaction
         1836: ErrorKind.FAILOVER,  # running in read-only mode
         1047: ErrorKind.FAILOVER,  # Galera: node not ready / not in the Primary component
+        1180: ErrorKind.FAILOVER,  # Galera: COMMIT failed while losing the Primary component
         1053: ErrorKind.FAILOVER,  # server shutdown in progress
         # The statement was interrupted: it may still run, or be the problem itself.
         1317: ErrorKind.INTERRUPTED,  # query execution was interrupted (KILL QUERY)
