@@ -7,13 +7,14 @@ on a fresh connection under a bounded :class:`RetryPolicy`.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from uow._attempt import Attempt
 from uow._errors import CommitOutcomeUnknown, UnitOfWorkClosedError, UnitOfWorkError
 from uow._events import EventHandler, EventHandlers
 from uow._hooks import RetryDetails, RetryHook
 from uow._kinds import Classification, ErrorKind
 from uow._policy import KindPolicy, RetryPolicy
 from uow._protocols import AttemptInfo, Backend, Repository, Transaction, UnitOfWork
-from uow._runner import Attempt, Runner, retry_details
+from uow._runner import Runner, retry_details
 from uow._unit import UnitOfWorkBase
 
 try:

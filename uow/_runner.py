@@ -5,25 +5,24 @@ from __future__ import annotations
 import functools
 import random
 import time
-from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
 import tenacity
 
+from uow._attempt import Attempt, JoinedAttempt, RetryingAttempt, active_attempt
 from uow._commit import RESOLUTION_GRACE, log_resolution, resolve_commit
 from uow._config import get_testing, sleep
 from uow._decision import Decision, decide
 from uow._errors import CommitOutcomeUnknown, UnitOfWorkError
-from uow._events import EventHandlers, publish
 from uow._hooks import RetryDetails, RetryHook, emit, qualified_name
 from uow._kinds import Classification, ErrorKind, commit_outcome_unknown
 from uow._policy import RetryPolicy
-from uow._protocols import AttemptInfo, Backend, Transaction
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
-    from types import TracebackType
+
+    from uow._events import EventHandlers
+    from uow._protocols import Backend, Transaction
 
 U = TypeVar("U")
 R = TypeVar("R")
@@ -31,17 +30,6 @@ P = ParamSpec("P")
 
 _DETAILS_ATTRIBUTE = "__retrying_uow_details__"
 _random = random.Random()  # noqa: S311 -- jitter, not cryptography
-
-
-@dataclass(frozen=True, slots=True)
-class _Active:
-    """The attempt running in the current context, so nested calls can join it."""
-
-    backend: object
-    unit: object
-
-
-_active: ContextVar[_Active | None] = ContextVar("retrying_uow_active", default=None)
 
 
 def retry_details(error: BaseException) -> RetryDetails | None:
@@ -149,12 +137,12 @@ class Runner(Generic[U]):
         Inside a running operation on the same backend, yields one attempt that joins
         it: no new transaction, no commit, no retry of its own.
         """
-        active = _active.get()
+        active = active_attempt.get()
         if active is not None and active.backend is self._backend:
             # Same backend object, so the unit is of this runner's unit type.
-            yield _JoinedAttempt(cast("U", active.unit))
+            yield JoinedAttempt(cast("U", active.unit))
             return
-        loop = _Loop(self, name, nested=active is not None)
+        loop = RetryLoop(self, name, nested=active is not None)
         retrying = tenacity.Retrying(
             sleep=sleep,
             retry=loop.retry,
@@ -164,14 +152,14 @@ class Runner(Generic[U]):
             reraise=True,
         )
         for manager in retrying:
-            yield _RetryingAttempt(loop, manager)
+            yield RetryingAttempt(loop, manager)
 
     def __repr__(self) -> str:
         policy = self._policy
         return f"Runner({self._backend!r}, attempts={policy.attempts}, timeout={policy.timeout})"
 
 
-class _Loop(Generic[U]):
+class RetryLoop(Generic[U]):
     """The state of one operation's retry loop; tenacity calls its methods."""
 
     def __init__(self, runner: Runner[U], name: str, *, nested: bool) -> None:
@@ -287,106 +275,6 @@ class _Loop(Generic[U]):
         unknown = CommitOutcomeUnknown(self.name, attempt)
         unknown.__cause__ = error  # as ``raise ... from error`` would chain it
         return unknown
-
-
-class Attempt(Generic[U]):
-    """One attempt of an operation: a context manager yielding a fresh unit of work.
-
-    Leaving the block normally flushes and commits; leaving it with an exception
-    rolls back. Either way the unit of work is closed, and the loop decides whether
-    another attempt follows.
-    """
-
-    number: int
-    """Attempt number, from 1."""
-
-    def __enter__(self) -> U:
-        raise NotImplementedError
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        raise NotImplementedError
-
-
-class _RetryingAttempt(Attempt[U]):
-    """An attempt of an outermost operation, reporting its outcome to tenacity."""
-
-    def __init__(self, loop: _Loop[U], manager: tenacity.AttemptManager) -> None:
-        self._loop = loop
-        self._manager = manager
-        self.number = manager.retry_state.attempt_number
-        self._transaction: Transaction[U] | None = None
-        self._token: Any = None
-
-    def __enter__(self) -> U:
-        loop = self._loop
-        info = AttemptInfo(loop.name, self.number, loop.deadline, loop.runner.policy)
-        self._transaction = self._loop.runner.backend.begin(info)
-        self._token = _active.set(_Active(self._loop.runner.backend, self._transaction.unit))
-        return self._transaction.unit
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        # Leave the context first: whatever runs from here (a commit resolution, a
-        # verification) is not nested in this attempt any more.
-        _active.reset(self._token)
-        error = self._finish(exc)
-        if error is None:
-            assert self._transaction is not None  # noqa: S101 -- __enter__ ran
-            publish(self._transaction.events, self._loop.runner._event_handlers, self._loop.name)  # noqa: SLF001
-            return bool(self._manager.__exit__(None, None, None))
-        return bool(self._manager.__exit__(type(error), error, error.__traceback__))
-
-    def _finish(self, error: BaseException | None) -> BaseException | None:
-        transaction = self._transaction
-        assert transaction is not None  # noqa: S101 -- __enter__ ran
-        commit_error: BaseException | None = None
-        try:
-            if error is None:
-                try:
-                    transaction.flush()
-                except BaseException as flush_error:  # noqa: BLE001 -- handed to the retry loop
-                    error = flush_error
-                else:
-                    try:
-                        transaction.commit()
-                    except BaseException as failed:  # noqa: BLE001 -- handed to the retry loop
-                        commit_error = failed
-            if error is not None or commit_error is not None:
-                transaction.rollback()
-        finally:
-            transaction.close()
-        if commit_error is not None:
-            # Resolved after close, so the dead connection is back with the pool.
-            return self._loop.commit_failed(commit_error, self.number, transaction)
-        return error
-
-
-class _JoinedAttempt(Attempt[U]):
-    """The single attempt of a nested call: the outer unit of work, no commit, no retry."""
-
-    def __init__(self, unit: U) -> None:
-        self._unit = unit
-        self.number = 1
-
-    def __enter__(self) -> U:
-        return self._unit
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        return False
 
 
 def _classify(backend: Backend[Any], error: BaseException | None) -> Classification:
