@@ -1,0 +1,35 @@
+"""Command line: the main table by default, or one of the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+SUBCOMMANDS = ("recovery", "connect", "memory", "layers")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args and args[0] in SUBCOMMANDS else None
+    if command == "recovery":
+        from benchmarks import recovery as module  # noqa: PLC0415 -- load only what runs
+    elif command == "connect":
+        from benchmarks import connect as module  # noqa: PLC0415
+    elif command == "memory":
+        from benchmarks import memory as module  # noqa: PLC0415
+    elif command == "layers":
+        from benchmarks import layers as module  # noqa: PLC0415
+    else:
+        from benchmarks import run as module  # noqa: PLC0415
+    parser = argparse.ArgumentParser(
+        prog=f"python -m benchmarks{' ' + command if command else ''}",
+        description=(module.__doc__ or "").strip().splitlines()[0],
+        epilog=None if command else f"sub-commands: {', '.join(SUBCOMMANDS)} (each has --help)",
+    )
+    module.add_arguments(parser)
+    parsed = parser.parse_args(args[1:] if command else args)
+    return module.run(parsed)
