@@ -6,8 +6,8 @@ statements of attempts (not the user's own sessions) and logs one WARNING per at
 and condition. When a lost connection follows, it names the likely cause on the
 error, so the retry log line and the exception's notes say why it happened.
 
-``wait_timeout`` is read once per MySQL/MariaDB connection, on the first attempt that
-uses it (after the driver's ``init_command``); later operations pay nothing.
+``wait_timeout`` comes from :func:`adapters.mysql.server_facts`, read once per
+connection; later operations pay nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("retrying_uow")
 
 _WATCH = "retrying_uow_watch"
-_WAIT_TIMEOUT = "retrying_uow_wait_timeout"
 _CHECKED_IN = "retrying_uow_checked_in"
 
 
@@ -57,13 +56,8 @@ def install(engine: Engine) -> None:
 
 def watch(connection: Connection, attempt: AttemptInfo) -> None:
     """Start watching an attempt's transaction on a connection (at BEGIN)."""
-    record_info = connection.info
-    if _WAIT_TIMEOUT not in record_info and connection.dialect.name in {"mysql", "mariadb"}:
-        wait_timeout = _read_wait_timeout(connection.connection.dbapi_connection)
-        if wait_timeout is not None:
-            record_info[_WAIT_TIMEOUT] = wait_timeout
     now = time.monotonic()
-    record_info[_WATCH] = Watch(attempt, began=now, last_activity=now)
+    connection.info[_WATCH] = Watch(attempt, began=now, last_activity=now)
 
 
 def unwatch(record_info: dict[Any, Any]) -> None:
@@ -72,29 +66,16 @@ def unwatch(record_info: dict[Any, Any]) -> None:
     record_info[_CHECKED_IN] = time.monotonic()
 
 
-def _read_wait_timeout(dbapi_connection: Any) -> float | None:
-    """Read the session's wait_timeout: once per connection, on its first attempt.
-
-    A connection that fails here (already stale) is left for the attempt's first
-    statement to fail on, where SQLAlchemy invalidates it as it should.
-    """
-    try:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("SELECT @@SESSION.wait_timeout")
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-    except Exception:  # noqa: BLE001 -- see the docstring
-        return None
-    return None if row is None else float(row[0])
+def _wait_timeout(connection: Connection) -> float | None:
+    facts = mysql.known_server_facts(connection)
+    return None if facts is None else facts.wait_timeout
 
 
 def _check(connection: Connection, watched: Watch, now: float) -> None:
     policy = watched.attempt.policy
     name = watched.attempt.operation
     idle = now - watched.last_activity
-    wait_timeout = connection.info.get(_WAIT_TIMEOUT)
+    wait_timeout = _wait_timeout(connection)
     if (
         policy.warn_idle_transaction
         and wait_timeout is not None
@@ -158,7 +139,7 @@ def _cause(context: ExceptionContext) -> str | None:
     if connection is None:
         return None
     watched = connection.info.get(_WATCH)
-    wait_timeout = connection.info.get(_WAIT_TIMEOUT)
+    wait_timeout = _wait_timeout(connection)
     if watched is not None and wait_timeout is not None:
         idle = time.monotonic() - watched.last_activity
         if idle > wait_timeout:

@@ -8,8 +8,11 @@ permanent: retrying an error nobody understood is how duplicates happen.
 
 from __future__ import annotations
 
+import functools
+import threading
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
@@ -17,9 +20,10 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingErr
 from uow import Classification, ErrorKind
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Mapping
 
-    from sqlalchemy.engine import Engine, ExceptionContext
+    from sqlalchemy.engine import Connection, Engine, ExceptionContext
 
 ERRNO_KINDS: Mapping[int, ErrorKind] = MappingProxyType(
     {
@@ -150,3 +154,92 @@ def thread_id(dbapi_connection: object) -> int | None:
         return None
     value = method()
     return value if isinstance(value, int) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFacts:
+    """What a connection's server said about itself, read once per connection."""
+
+    wait_timeout: float
+    node: str
+    """``hostname:port`` of the server: which node, for a KILL that must hit the right one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who ran an attempt's transaction, so that a lost COMMIT can be settled safely."""
+
+    thread_id: int
+    node: str
+    alive_at: float
+    """``time.time()`` when the connection was known alive (its attempt began)."""
+
+
+_FACTS = "retrying_uow_server_facts"
+
+
+def server_facts(connection: Connection) -> ServerFacts | None:
+    """Return the server facts of a MySQL/MariaDB connection, reading them on first use.
+
+    One round trip per connection, on its first attempt (after the driver's
+    ``init_command``, so a per-session ``wait_timeout`` is seen). A connection that
+    fails here (already stale) is left for the attempt's first statement to fail on,
+    where SQLAlchemy invalidates it as it should; ``None`` is returned meanwhile.
+    """
+    info = connection.info
+    facts = info.get(_FACTS)
+    dbapi_connection: Any = connection.connection.dbapi_connection
+    if facts is None and connection.dialect.name in {"mysql", "mariadb"}:
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT @@SESSION.wait_timeout, @@hostname, @@port")
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+        except Exception:  # noqa: BLE001 -- see the docstring
+            return None
+        if row is not None:
+            facts = info[_FACTS] = ServerFacts(float(row[0]), f"{row[1]}:{row[2]}")
+    return facts if isinstance(facts, ServerFacts) else None
+
+
+def known_server_facts(connection: Connection) -> ServerFacts | None:
+    """Return the server facts already read for a connection, without any I/O."""
+    facts = connection.info.get(_FACTS)
+    return facts if isinstance(facts, ServerFacts) else None
+
+
+def connect_sharing_tls_context(
+    dialect: Any, _record: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]
+) -> Any:
+    """Connect with PyMySQL, building its default TLS context once per process.
+
+    With no TLS option, PyMySQL 1.2 builds a TLS context from the system's CA store
+    on every connect (tens of milliseconds), to use TLS if the server offers it. The
+    context for that mode never differs, so it is built once and shared; the mode
+    itself (TLS when offered, plain otherwise) is unchanged. Used as a ``do_connect``
+    listener; returns ``None`` (SQLAlchemy connects as usual) for other drivers.
+    """
+    if dialect.driver != "pymysql":
+        return None
+    return _shared_context_connection_class()(*cargs, **cparams)
+
+
+@functools.cache
+def _shared_context_connection_class() -> type:
+    import pymysql  # type: ignore[import-untyped, unused-ignore]  # noqa: PLC0415 -- optional
+
+    lock = threading.Lock()
+    shared: list[ssl.SSLContext] = []
+
+    class SharedTlsContextConnection(pymysql.connections.Connection):  # type: ignore[misc, unused-ignore]
+        def _create_ssl_ctx(self, sslp: Any) -> Any:
+            if not (isinstance(sslp, dict) and not sslp):
+                return super()._create_ssl_ctx(sslp)
+            with lock:
+                if not shared:
+                    shared.append(super()._create_ssl_ctx(sslp))
+            return shared[0]
+
+    return SharedTlsContextConnection

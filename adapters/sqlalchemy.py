@@ -210,8 +210,8 @@ class _SessionTransaction:
     def committed(self, timeout: float) -> bool | None:
         if self._markers is None or self._token is None:
             return None
-        thread_id = pooling.thread_id(self._session)
-        return self._markers.lookup(self._token, thread_id=thread_id, timeout=timeout)
+        origin = pooling.origin(self._session)
+        return self._markers.lookup(self._token, origin=origin, timeout=timeout)
 
     def rollback(self) -> None:
         try:
