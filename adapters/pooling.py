@@ -100,10 +100,11 @@ def _on_attempt_begin(session: Session, _transaction: Any, connection: Connectio
         return  # a session of the user's own, not an attempt's
     proxied = connection.connection
     dbapi_connection = proxied.dbapi_connection
-    facts = mysql.server_facts(connection)
-    guard.watch(connection, attempt)
+    # Bound the reads first: even the one-time server facts query must not block forever.
     remaining = max(attempt.deadline - time.monotonic(), _MIN_READ_TIMEOUT)
     proxied.info.setdefault(_UNBOUNDED_READS, mysql.bound_reads(dbapi_connection, remaining))
+    facts = mysql.server_facts(connection)
+    guard.watch(connection, attempt)
     thread_id = mysql.thread_id(dbapi_connection)
     if facts is not None and thread_id is not None:
         session.info[_ORIGIN] = mysql.Origin(thread_id, facts.node, time.time())

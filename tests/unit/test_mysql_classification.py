@@ -62,7 +62,7 @@ TABLE: list[tuple[int, str, ErrorKind]] = [
     (1792, "Cannot execute statement in a READ ONLY transaction", ErrorKind.FAILOVER),
     (1836, "Running in read-only mode", ErrorKind.FAILOVER),
     (1047, "WSREP has not yet prepared node for application use", ErrorKind.FAILOVER),
-    (1180, "Got error 6 \"No such device or address\" during COMMIT", ErrorKind.FAILOVER),
+    (1180, 'Got error 6 "No such device or address" during COMMIT', ErrorKind.FAILOVER),
     (1053, "Server shutdown in progress", ErrorKind.FAILOVER),
     (1317, "Query execution was interrupted", ErrorKind.INTERRUPTED),
     (

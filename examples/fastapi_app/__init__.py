@@ -1,0 +1,1 @@
+"""The seed incident done right in FastAPI: see ``app.py``; ``python -m examples.fastapi_app``."""
