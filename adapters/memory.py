@@ -23,6 +23,7 @@ from uow import (
     Runner,
     UnitOfWorkBase,
 )
+from uow.testing import injected_fault
 
 T = TypeVar("T")
 RepositoryFactory = Callable[["InMemoryUnitOfWork"], Any]
@@ -102,7 +103,13 @@ class InMemoryBackend:
             return Classification(error.kind, error.errno)
         return Classification(ErrorKind.PERMANENT)
 
-    def _take_fault(self, at: str, statement: int = 0) -> _Fault | None:
+    def _take_fault(
+        self, attempt: AttemptInfo, at: Literal["statement", "commit"], statement: int = 0
+    ) -> _Fault | None:
+        """Return the fault due here: ``uow.testing.inject``'s first, then :meth:`fail`'s."""
+        injected = injected_fault(attempt, "commit" if at == "commit" else statement)
+        if injected is not None:
+            return _Fault(injected.kind, injected.errno, at, statement, 1, injected.committed)
         for fault in self._faults:
             if fault.at == at and (at == "commit" or fault.statement == statement):
                 fault.times -= 1
@@ -135,7 +142,7 @@ class InMemoryUnitOfWork(UnitOfWorkBase):
         """Return one table of this attempt's copy, counting the call as a statement."""
         self.check_active()
         self._statements += 1
-        fault = self._backend._take_fault("statement", self._statements)  # noqa: SLF001
+        fault = self._backend._take_fault(self.attempt, "statement", self._statements)  # noqa: SLF001
         if fault is not None:
             error = SimulatedError(fault.kind, fault.errno)
             self.errors_raised.append(error)
@@ -172,7 +179,7 @@ class _MemoryTransaction:
         self.unit.refuse_swallowed_errors(self.unit.errors_raised, self._backend.classify)
 
     def commit(self) -> None:
-        fault = self._backend._take_fault("commit")  # noqa: SLF001
+        fault = self._backend._take_fault(self.unit.attempt, "commit")  # noqa: SLF001
         if fault is not None and not fault.committed:
             raise SimulatedError(fault.kind, fault.errno)
         # A copy again, so objects the operation returns never alias the store.

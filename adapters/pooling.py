@@ -17,6 +17,7 @@ connections on the same engine are left as they are.
 from __future__ import annotations
 
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
@@ -89,9 +90,16 @@ def errors_seen(session: Session) -> list[BaseException]:
     return errors
 
 
+_listening: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
 def _listen_once(target: Any, name: str, listener: Callable[..., None]) -> None:
-    if not event.contains(target, name, listener):
+    # Not event.contains(): for a sessionmaker it answers by the id() of the Session
+    # class it made, which a new sessionmaker's class may reuse once the old is gone.
+    names = _listening.setdefault(target, set())
+    if name not in names:
         event.listen(target, name, listener)
+        names.add(name)
 
 
 def _on_attempt_begin(session: Session, _transaction: Any, connection: Connection) -> None:

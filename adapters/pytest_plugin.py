@@ -1,1 +1,67 @@
-"""pytest plugin of retrying-uow (registered as ``retrying_uow``): fixtures for users' tests."""
+"""pytest plugin of retrying-uow (registered as ``retrying_uow``): fixtures for users' tests.
+
+Installed with the package, pytest loads it by itself; every fixture is opt-in::
+
+    def test_survives_a_lost_connection(uow_instant_retries, uow_inject, units):
+        injection = uow_inject(Fault.disconnect(at=2))    # for the rest of the test
+        units.run(create_placeholder, "t1")
+        assert injection.fired
+
+    def test_is_rerun_safe(uow_rerun_check, units):
+        uow_rerun_check(units, create_placeholder, "t1", snapshot=..., restore=...)
+
+The module imports nothing of the library at import time: pytest loads plugins before
+coverage starts, and users' test runs that never ask for a fixture pay nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from uow.testing import Fault, Injection, RerunReport, TestingState
+
+
+@pytest.fixture
+def uow_instant_retries() -> Iterator[TestingState]:
+    """Make retries instant (no backoff sleeps) for one test; the previous state returns after."""
+    from uow.testing import set_testing  # noqa: PLC0415 -- see the module docstring
+
+    with set_testing(True) as state:
+        yield state
+
+
+@pytest.fixture
+def uow_inject() -> Iterator[Callable[..., Injection]]:
+    """Inject faults for the rest of the test: ``uow_inject(Fault.deadlock(at=1))``.
+
+    Returns the :class:`uow.testing.Injection` (what fired, the points reached). A fault
+    that never fired fails the test at teardown, unless given ``strict=False``. For one
+    block of a test, use ``with uow.testing.inject(...)`` instead.
+    """
+    from uow.testing import inject  # noqa: PLC0415
+
+    with contextlib.ExitStack() as stack:
+
+        def start(*faults: Fault, strict: bool = True) -> Injection:
+            return stack.enter_context(inject(*faults, strict=strict))
+
+        yield start
+
+
+@pytest.fixture
+def uow_rerun_check() -> Callable[..., RerunReport]:
+    """Check that an operation may be rerun after a fault at any point; fail listing the rest.
+
+    ``uow_rerun_check(runner, operation, *args, snapshot=..., restore=..., side_effects=...,
+    result=...)`` is :func:`uow.testing.assert_rerun_safe`: it returns the report when no
+    injected fault changed the state, result or side effects, and fails the test otherwise.
+    """
+    from uow.testing import assert_rerun_safe  # noqa: PLC0415
+
+    return assert_rerun_safe

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from adapters import mysql, pooling
+from adapters import faults, mysql, pooling
 from adapters.markers import CommitMarkers
 from adapters.pooling import create_engine
 from uow import (
@@ -29,6 +29,7 @@ from uow import (
     Runner,
     UnitOfWorkBase,
 )
+from uow.testing import injecting
 
 __all__ = [
     "Classifier",
@@ -161,6 +162,8 @@ class SqlAlchemyBackend:
 
     def begin(self, attempt: AttemptInfo) -> _SessionTransaction:
         """Open a fresh session (it connects lazily, on its first statement)."""
+        if injecting():  # a test's uow.testing.inject block: make this engine honour it
+            faults.arm(self._engine, self._sessions)
         # Results must stay readable after the session closes, and a closed session
         # must not quietly start a new transaction for someone who kept it.
         session = self._sessions(
