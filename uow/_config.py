@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +37,34 @@ def sleep(seconds: float) -> None:
     """Sleep between attempts, unless testing mode makes retries instant."""
     if not _state.enabled:
         time.sleep(seconds)
+
+
+class _TestingSwitch:
+    """Returned by :func:`set_testing`; as a context manager it restores the previous state."""
+
+    def __init__(self, previous: TestingState) -> None:
+        self._previous = previous
+
+    def __enter__(self) -> TestingState:
+        return get_testing()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        replace_testing(self._previous)
+
+
+def set_testing(enabled: bool = True, *, attempts: int | None = None) -> _TestingSwitch:  # noqa: FBT001, FBT002 -- mirrors stamina.set_testing(True)
+    """Turn testing mode on or off: no sleeping between attempts, at most ``attempts``."""
+    if attempts is not None and attempts < 1:
+        msg = f"attempts must be at least 1 or None, got {attempts!r}"
+        raise ValueError(msg)
+    return _TestingSwitch(replace_testing(TestingState(enabled=enabled, attempts=attempts)))
+
+
+def is_testing() -> bool:
+    """Return whether testing mode is on."""
+    return get_testing().enabled
