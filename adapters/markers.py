@@ -33,7 +33,7 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from adapters import mysql
+from adapters import mysql, pooling
 from uow import ErrorKind
 
 if TYPE_CHECKING:
@@ -57,6 +57,9 @@ _LOOKUP_RETRYABLE = frozenset(
     {ErrorKind.DISCONNECT, ErrorKind.UNAVAILABLE, ErrorKind.LOCK_WAIT, ErrorKind.INTERRUPTED}
 )
 _LOOKUP_PAUSE = 0.05
+PRUNE_TIMEOUT = 5.0
+"""Seconds the pruning of old markers may take (reads and connect included)."""
+_MIN_PRUNE_TIME = 0.1
 logger = logging.getLogger("retrying_uow")
 
 
@@ -127,7 +130,7 @@ class CommitMarkers:
 
     def _lookup_once(self, token: str, origin: mysql.Origin | None, seconds: float) -> bool:
         seconds = max(seconds, 0.1)
-        with self._engine.connect() as connection:
+        with pooling.bounded(time.monotonic() + seconds), self._engine.connect() as connection:
             dbapi_connection = connection.connection.dbapi_connection
             previous = mysql.bound_reads(dbapi_connection, seconds + 1.0)
             try:
@@ -138,6 +141,10 @@ class CommitMarkers:
                 connection.rollback()
                 if self._is_mysql:
                     connection.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = DEFAULT")
+            except BaseException:
+                # Its session settings are changed and its state unknown: never reuse it.
+                connection.invalidate()
+                raise
             finally:
                 mysql.bound_reads(dbapi_connection, previous)
         return found is not None
@@ -163,16 +170,31 @@ class CommitMarkers:
                         raise
         connection.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {wait}")
 
-    def maybe_prune(self) -> None:
-        """Delete markers past their retention, at most once per interval (any thread)."""
+    def maybe_prune(self, deadline: float) -> None:
+        """Delete markers past their retention, at most once per interval (any thread).
+
+        It runs right after a commit, so it is bounded (by ``PRUNE_TIMEOUT`` and by the
+        operation's ``deadline``) and never fails the operation: a silent network or a
+        locked table only delays pruning.
+        """
         now = time.monotonic()
-        if now < self._next_prune or not self._pruning.acquire(blocking=False):
+        seconds = min(PRUNE_TIMEOUT, deadline - now)
+        if seconds < _MIN_PRUNE_TIME or now < self._next_prune:
+            return
+        if not self._pruning.acquire(blocking=False):
             return
         try:
             self._next_prune = now + self._prune_interval
             cutoff = _utcnow() - self._retention
-            with self._engine.begin() as connection:
-                connection.execute(delete(markers_table).where(markers_table.c.created_at < cutoff))
+            with pooling.bounded(now + seconds), self._engine.begin() as connection:
+                dbapi_connection = connection.connection.dbapi_connection
+                previous = mysql.bound_reads(dbapi_connection, seconds)
+                try:
+                    connection.execute(
+                        delete(markers_table).where(markers_table.c.created_at < cutoff)
+                    )
+                finally:
+                    mysql.bound_reads(dbapi_connection, previous)
         except Exception:  # the operation has committed; pruning can wait for next time
             logger.warning("pruning old commit markers failed", exc_info=True)
         finally:

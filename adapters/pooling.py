@@ -1,7 +1,8 @@
 """What the unit of work does to the connections it borrows from the user's pool.
 
 - Reads are bounded by the operation's remaining time budget (PyMySQL), so a silent
-  network ends the attempt instead of blocking it forever.
+  network ends the attempt instead of blocking it forever; that includes the connect
+  and login of a new connection opened for an attempt.
 - The server's id of the connection is noted, so a lost COMMIT can be settled.
 - The transaction guard (``adapters.guard``) watches the attempt's transaction.
 - Database errors raised inside the attempt are remembered, so an attempt whose code
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import time
 import weakref
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
@@ -26,7 +29,7 @@ from sqlalchemy import event
 from adapters import guard, mysql
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from sqlalchemy.engine import Connection, Engine, ExceptionContext
     from sqlalchemy.orm import Session, sessionmaker
@@ -68,8 +71,35 @@ def create_engine(url: str | sqlalchemy.URL, **kwargs: Any) -> Engine:
     return engine
 
 
+_deadline: ContextVar[float | None] = ContextVar("retrying_uow_deadline", default=None)
+
+
+def bound_connects(deadline: float) -> Token[float | None]:
+    """Bound connections opened from now on by ``deadline`` (``time.monotonic()``)."""
+    return _deadline.set(deadline)
+
+
+def unbound_connects(token: Token[float | None]) -> None:
+    """Undo :func:`bound_connects` (in the same context)."""
+    _deadline.reset(token)
+
+
+@contextmanager
+def bounded(deadline: float) -> Iterator[None]:
+    """Bound new connections opened in this block by ``deadline``."""
+    token = bound_connects(deadline)
+    try:
+        yield
+    finally:
+        unbound_connects(token)
+
+
 def attach(sessions: sessionmaker[Session], engine: Engine) -> None:
     """Install the listeners on the sessionmaker and the engine's pool (idempotent)."""
+    if engine.dialect.driver == "pymysql" and engine not in _bounding_connects:
+        # First among do_connect listeners: they may connect themselves (TLS sharing).
+        event.listen(engine, "do_connect", _bound_connect, insert=True)
+        _bounding_connects.add(engine)
     _listen_once(sessions, "after_begin", _on_attempt_begin)
     _listen_once(sessions, "after_commit", _mark_clean)
     _listen_once(sessions, "after_rollback", _mark_clean)
@@ -91,6 +121,25 @@ def errors_seen(session: Session) -> list[BaseException]:
 
 
 _listening: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+_bounding_connects: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _bound_connect(
+    _dialect: Any, record: Any, _cargs: tuple[Any, ...], cparams: dict[str, Any]
+) -> None:
+    """Bound the connect and login of a connection opened inside an attempt.
+
+    PyMySQL reads the greeting and the login replies with its ``read_timeout``; a
+    server that accepts and then says nothing would otherwise hold the attempt
+    forever. The configured value is what the connection returns to at check-in.
+    """
+    deadline = _deadline.get()
+    if deadline is None:
+        return
+    remaining = max(deadline - time.monotonic(), _MIN_READ_TIMEOUT)
+    record.info[_UNBOUNDED_READS] = cparams.get("read_timeout")
+    cparams["read_timeout"] = remaining
+    cparams["connect_timeout"] = min(cparams.get("connect_timeout") or remaining, remaining)
 
 
 def _listen_once(target: Any, name: str, listener: Callable[..., None]) -> None:

@@ -193,6 +193,8 @@ class _SessionTransaction:
         self._markers = markers
         self._classify = classify
         self._token: str | None = None
+        # Until close(), connections opened for this attempt are bounded by its deadline.
+        self._connects = pooling.bound_connects(unit.attempt.deadline)
 
     @property
     def events(self) -> Sequence[object]:
@@ -208,7 +210,7 @@ class _SessionTransaction:
     def commit(self) -> None:
         self._session.commit()
         if self._markers is not None:
-            self._markers.maybe_prune()
+            self._markers.maybe_prune(self.unit.attempt.deadline)
 
     def committed(self, timeout: float) -> bool | None:
         if self._markers is None or self._token is None:
@@ -228,6 +230,8 @@ class _SessionTransaction:
             self._session.close()
         except Exception:
             logger.debug("closing the session failed; it is discarded", exc_info=True)
+        finally:
+            pooling.unbound_connects(self._connects)
 
 
 class SqlAlchemyRepository(Generic[T]):
