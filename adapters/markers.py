@@ -4,7 +4,8 @@ When enabled, every transaction of the unit of work also inserts a row with a
 unique token into ``retrying_uow_commit_markers``. If the connection is lost while
 COMMIT is in flight, a fresh connection first ends the old one (``KILL``, so a
 transaction the server still holds is settled) and then looks the token up with a
-locking read, which waits while the original transaction is still finishing.
+locking read, which waits while the original transaction is still finishing (and, on
+Galera, until the node has applied what the cluster committed).
 Found: the transaction committed. Absent: it rolled back and can be rerun.
 
 Create the table once with :func:`create_commit_marker_table`, or in a migration
@@ -54,7 +55,13 @@ _ALREADY_GONE = frozenset({1094, 1095})
 _CLOCK_SLACK = 2.0  # seconds: Uptime has a 1 s resolution
 _MYSQL_INSERT = f"INSERT INTO {MARKER_TABLE} (token, created_at) VALUES (%s, UTC_TIMESTAMP())"  # noqa: S608
 _LOOKUP_RETRYABLE = frozenset(
-    {ErrorKind.DISCONNECT, ErrorKind.UNAVAILABLE, ErrorKind.LOCK_WAIT, ErrorKind.INTERRUPTED}
+    {
+        ErrorKind.DISCONNECT,
+        ErrorKind.UNAVAILABLE,
+        ErrorKind.LOCK_WAIT,
+        ErrorKind.INTERRUPTED,
+        ErrorKind.FAILOVER,  # a node leaving the Primary component: the next one can tell
+    }
 )
 _LOOKUP_PAUSE = 0.05
 PRUNE_TIMEOUT = 5.0
@@ -130,32 +137,29 @@ class CommitMarkers:
 
     def _lookup_once(self, token: str, origin: mysql.Origin | None, seconds: float) -> bool:
         seconds = max(seconds, 0.1)
+        query = select(markers_table.c.token).where(markers_table.c.token == token)
         with pooling.bounded(time.monotonic() + seconds), self._engine.connect() as connection:
-            dbapi_connection = connection.connection.dbapi_connection
-            previous = mysql.bound_reads(dbapi_connection, seconds + 1.0)
             try:
+                mysql.bound_reads(connection.connection.dbapi_connection, seconds + 1.0)
                 if self._is_mysql:
-                    self._end_original(connection, origin, math.ceil(seconds))
-                query = select(markers_table.c.token).where(markers_table.c.token == token)
+                    self._prepare(connection, origin, math.ceil(seconds))
                 found = connection.execute(query.with_for_update(read=True)).first()
                 connection.rollback()
-                if self._is_mysql:
-                    connection.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = DEFAULT")
-            except BaseException:
-                # Its session settings are changed and its state unknown: never reuse it.
-                connection.invalidate()
-                raise
             finally:
-                mysql.bound_reads(dbapi_connection, previous)
+                if self._is_mysql:
+                    # Its session settings were changed for the lookup: never reuse it.
+                    connection.invalidate()
         return found is not None
 
     @staticmethod
-    def _end_original(connection: Connection, origin: mysql.Origin | None, wait: int) -> None:
-        """KILL the original connection if the server may still hold its transaction.
+    def _prepare(connection: Connection, origin: mysql.Origin | None, wait: int) -> None:
+        """End the original transaction if it may still be open; bound and sync the read.
 
         Thread ids are per server and restart from 1 when it restarts, so the KILL is
         sent only on the same node (``hostname:port``) and when the server was up before
         the original connection was known alive; otherwise it could end someone else's.
+        On Galera the read waits until the node has applied what the cluster committed
+        (``wsrep_sync_wait``), or a committed marker could look absent on a lagging node.
         """
         if origin is not None:
             row = connection.exec_driver_sql("SELECT @@hostname, @@port").one()
@@ -169,6 +173,9 @@ class CommitMarkers:
                     if mysql.errno_of(error) not in _ALREADY_GONE:
                         raise
         connection.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {wait}")
+        galera = connection.exec_driver_sql("SHOW VARIABLES LIKE 'wsrep_on'").first()
+        if galera is not None and str(galera[1]).upper() == "ON":
+            connection.exec_driver_sql("SET SESSION wsrep_sync_wait = 1")
 
     def maybe_prune(self, deadline: float) -> None:
         """Delete markers past their retention, at most once per interval (any thread).
