@@ -521,15 +521,15 @@ def test_blackhole_at_commit_ends_within_budget_and_grace(
     held: list[tuple[int | None, list[tuple[Any, ...]]]] = []
     if strategy == "markers":
         markers = scenario.markers
-        end_original = markers._end_original
+        prepare = markers._prepare
 
         def spy(connection: Any, origin: Any, wait: int) -> None:
             # What the server holds for the original connection when the lookup starts.
             thread_id = getattr(origin, "thread_id", None)
             held.append((thread_id, open_transaction(scenario, thread_id)))
-            end_original(connection, origin, wait)
+            prepare(connection, origin, wait)
 
-        markers._end_original = spy  # type: ignore[method-assign]
+        markers._prepare = spy  # type: ignore[method-assign]
     arm_at_commit(scenario.engine, holding_proxy, Blackhole())
     bound = upper_bound(BUDGET_POLICY, resolution=True)
     error, elapsed = run_bounded(scenario, bound)
