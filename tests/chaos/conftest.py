@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from adapters.sqlalchemy import create_engine
 from tests.chaos.proxy import FaultProxy
+from tests.support.engines import lean_engines
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -47,14 +47,4 @@ def proxy(mariadb: MariaDBServer, database: str) -> Iterator[FaultProxy]:
 @pytest.fixture
 def make_engine() -> Iterator[Callable[..., Engine]]:
     """Build engines with ``adapters.sqlalchemy.create_engine``; disposed at test end."""
-    engines: list[Engine] = []
-
-    def make(url: str, **kwargs: Any) -> Engine:
-        kwargs.setdefault("connect_args", CONNECT_ARGS)
-        engine = create_engine(url, **kwargs)
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.dispose()
+    yield from lean_engines(CONNECT_ARGS)

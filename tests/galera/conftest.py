@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from adapters.sqlalchemy import create_engine
+from tests.support.engines import lean_engines
 from tests.support.galera import GaleraCluster, ensure_galera_installed
 
 if TYPE_CHECKING:
@@ -71,14 +71,4 @@ def database(cluster: GaleraCluster) -> Iterator[str]:
 def make_engine(database: str) -> Iterator[Callable[..., Engine]]:
     """Build engines with ``adapters.sqlalchemy.create_engine``; disposed before the drop."""
     del database  # only orders the teardown
-    engines: list[Engine] = []
-
-    def make(url: str, **kwargs: Any) -> Engine:
-        kwargs.setdefault("connect_args", CONNECT_ARGS)
-        engine = create_engine(url, **kwargs)
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.dispose()
+    yield from lean_engines(CONNECT_ARGS)
