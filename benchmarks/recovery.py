@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Engine
 
-    from tests.support.mariadb import MariaDBServer
+    from servers.mariadb import MariaDBServer
 
 _POLL_PAUSE = 0.001
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pymysql
 from sqlalchemy.engine import make_url
 
-from tests.support.mariadb import MariaDBServer, ensure_mariadb_installed
+from servers.mariadb import MariaDBServer, ensure_mariadb_installed
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence

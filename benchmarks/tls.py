@@ -17,7 +17,7 @@ from benchmarks.server import throwaway_server
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from tests.support.mariadb import MariaDBServer
+    from servers.mariadb import MariaDBServer
 
 
 def shared_context() -> ssl.SSLContext:

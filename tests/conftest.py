@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support.mariadb import MariaDBServer, ensure_mariadb_installed
+from servers.mariadb import MariaDBServer, ensure_mariadb_installed
 from uow.testing import set_testing
 
 if TYPE_CHECKING:

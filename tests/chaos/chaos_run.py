@@ -30,7 +30,8 @@ from sqlalchemy import text
 
 from adapters.markers import MARKER_TABLE, create_commit_marker_table
 from adapters.sqlalchemy import SqlAlchemyUnitOfWork, create_engine
-from tests.chaos.proxy import (
+from servers.mariadb import MariaDBServer, ensure_mariadb_installed
+from servers.mysql_proxy import (
     AfterCommitReply,
     AtPacket,
     BeforeCommit,
@@ -40,7 +41,6 @@ from tests.chaos.proxy import (
     FaultProxy,
     MidResult,
 )
-from tests.support.mariadb import MariaDBServer, ensure_mariadb_installed
 from uow import CommitOutcomeUnknown, RetryDetails, RetryPolicy, retry_details
 
 if TYPE_CHECKING:

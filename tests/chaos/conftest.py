@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.chaos.proxy import FaultProxy
+from servers.mysql_proxy import FaultProxy
 from tests.support.engines import lean_engines
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Engine
 
-    from tests.support.mariadb import MariaDBServer
+    from servers.mariadb import MariaDBServer
 
 CONNECT_ARGS: dict[str, Any] = {
     # PyMySQL 1.2 negotiates TLS when the server offers it; the proxy cannot see inside.

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from servers.mysql_proxy import CutMode, FaultKind
 from tests.chaos.chaos_run import ChaosReport, run_chaos
-from tests.chaos.proxy import CutMode, FaultKind
 
 if TYPE_CHECKING:
-    from tests.support.mariadb import MariaDBServer
+    from servers.mariadb import MariaDBServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from adapters.markers import MARKER_TABLE, CommitMarkers, create_commit_marker_table
 from adapters.sqlalchemy import SqlAlchemyUnitOfWork
-from tests.chaos.proxy import (
+from servers.mysql_proxy import (
     AfterCommitReply,
     AtPacket,
     BeforeCommit,
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Engine
 
-    from tests.chaos.proxy import _Conn
-    from tests.support.mariadb import MariaDBServer
+    from servers.mariadb import MariaDBServer
+    from servers.mysql_proxy import _Conn
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

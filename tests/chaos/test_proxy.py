@@ -20,7 +20,8 @@ import pymysql.cursors  # type: ignore[import-untyped, unused-ignore]
 import pytest
 import sqlalchemy as sa
 
-from tests.chaos.proxy import (
+from servers.mariadb import MariaDBServer, ensure_mariadb_installed
+from servers.mysql_proxy import (
     AfterCommitReply,
     AtPacket,
     BeforeCommit,
@@ -31,7 +32,6 @@ from tests.chaos.proxy import (
     FaultProxy,
     MidResult,
 )
-from tests.support.mariadb import MariaDBServer, ensure_mariadb_installed
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

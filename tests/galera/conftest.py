@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from servers.galera import GaleraCluster, ensure_galera_installed
 from tests.support.engines import lean_engines
-from tests.support.galera import GaleraCluster, ensure_galera_installed
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Engine
 
-    from tests.support.galera import GaleraCluster, GaleraNode
+    from servers.galera import GaleraCluster, GaleraNode
 
 CAUSAL_READS = "SET SESSION wsrep_sync_wait = 1"
 pytestmark = [pytest.mark.galera, pytest.mark.filterwarnings("ignore::ResourceWarning")]

@@ -20,7 +20,7 @@ import pytest
 from adapters.endpoints import Endpoints
 from adapters.markers import create_commit_marker_table
 from adapters.sqlalchemy import SqlAlchemyUnitOfWork
-from tests.chaos.proxy import AfterCommitReply, CutMode, FaultProxy
+from servers.mysql_proxy import AfterCommitReply, CutMode, FaultProxy
 from tests.galera.workload import ResolutionCounter, create_schema, place_entry
 from uow import RetryPolicy
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Engine
 
-    from tests.support.galera import GaleraCluster, GaleraNode
+    from servers.galera import GaleraCluster, GaleraNode
     from uow import Runner
 
 pytestmark = [pytest.mark.galera, pytest.mark.filterwarnings("ignore::ResourceWarning")]

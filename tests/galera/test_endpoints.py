@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Engine
 
-    from tests.support.galera import GaleraCluster
+    from servers.galera import GaleraCluster
 
 pytestmark = [pytest.mark.galera, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-    from tests.support.galera import GaleraCluster
+    from servers.galera import GaleraCluster
     from uow import Runner
 
 SCHEMA = (

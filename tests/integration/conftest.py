@@ -24,7 +24,7 @@ from tests.integration.helpers import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from tests.support.mariadb import MariaDBServer
+    from servers.mariadb import MariaDBServer
 
 
 @pytest.fixture

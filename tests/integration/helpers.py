@@ -20,7 +20,7 @@ from uow import KindPolicy, RetryDetails, RetryPolicy, Runner
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from tests.support.mariadb import MariaDBServer
+    from servers.mariadb import MariaDBServer
 
 # Client-side bounds, so a broken scenario fails instead of hanging the suite.
 CONNECT_ARGS: dict[str, Any] = {

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from tests.chaos.proxy import FaultProxy
+from servers.mysql_proxy import FaultProxy
 from tests.integration.helpers import FAST_POLICY, Threads, make_runner
 from tests.integration.model import Task
 from uow import ErrorKind, RetryPolicy, retry_details
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Engine
 
+    from servers.mariadb import MariaDBServer
     from tests.integration.helpers import Database, Recorder
-    from tests.support.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

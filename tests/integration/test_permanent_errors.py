@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from servers.mariadb import MariaDBServer
 from tests.integration.helpers import FAST_POLICY, make_runner
 from tests.integration.model import Task
-from tests.support.mariadb import MariaDBServer
 from uow import ErrorKind, retry_details
 
 if TYPE_CHECKING:

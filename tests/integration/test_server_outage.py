@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Engine
 
+    from servers.mariadb import MariaDBServer
     from tests.integration.helpers import Database
-    from tests.support.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

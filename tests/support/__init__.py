@@ -1,1 +1,1 @@
-"""Helpers that run real services (such as a throwaway MariaDB) for the test suite."""
+"""Helpers shared by the test layers (engines made like a user would)."""

@@ -44,7 +44,7 @@ from urllib.parse import quote
 
 import pymysql  # type: ignore[import-untyped, unused-ignore]
 
-from tests.support.mariadb import ServerNotAvailable, _find_binary, _free_port, _quote_ident, _run
+from servers.mariadb import ServerNotAvailable, _find_binary, _free_port, _quote_ident, _run
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
