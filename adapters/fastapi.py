@@ -2,72 +2,88 @@
 
 The seed incident starts with ``Depends(get_db)``: the request's Session is handed to a
 background task that downloads for half an hour and then commits on it. Here an
-endpoint receives the :class:`~uow.Runner` instead, which holds no session and no
-connection between operations; each write, in the endpoint or in the background task,
-is one short unit of work::
+endpoint receives the runner instead, which holds no session and no connection
+between operations; each write, in the endpoint or in the background task, is one
+short unit of work::
 
-    from adapters.fastapi import Units, units_lifespan
+    def make_units() -> Runner[Imports]:       # runs at startup: no engine at import time
+        return Imports.factory(create_engine(os.environ["DATABASE_URL"]))
 
-    def make_engine() -> Engine:              # runs at startup: no engine at import time
-        return create_engine(os.environ["DATABASE_URL"])
-
-    app = FastAPI(lifespan=units_lifespan(make_engine, repositories={"tasks": TaskRepository}))
+    app = FastAPI(lifespan=units_lifespan(make_units))
+    install_exception_handlers(app)
 
     @app.post("/imports")
     def start_import(source: str, units: Units, background: BackgroundTasks) -> dict[str, int]:
-        task = units.run(create_placeholder, source)         # committed before the response
-        background.add_task(download_and_record, units, task.id, source)
+        task = units.run(create_placeholder, source)           # committed before the response
+        in_background(background, units, download_and_record, task.id, source)
         return {"id": task.id}
 
-The lifespan creates the engine when the application starts, keeps the runner on
-``app.state.units`` and disposes of the engine when the application stops. Annotate
-with your own unit-of-work protocol for typed operations:
-``Annotated[Runner[TasksUnitOfWork], Depends(get_units)]``.
+The lifespan builds the runner when the application starts, keeps it on
+``app.state.units``, and disposes of its engine when the application stops. When a
+test overrides :func:`get_units` (``app.dependency_overrides[get_units] = ...``), the
+lifespan builds nothing: the app's tests run on the in-memory adapter without touching
+a database. ``async def`` endpoints take :data:`AsyncUnits`, an
+:class:`~uow.AsyncRunner` built by the same lifespan from an async engine.
 
 Why this is right on every FastAPI version: a ``yield`` dependency's exit code (the
 ``session.close()`` of ``get_db``) has run at different moments. Before 0.106 it ran
 after the background tasks; from 0.106 to 0.117 before them, right after the response
-was sent; from 0.118 on after them again. So a session dependency is either closed
-under a background task that still uses it, or kept open, with its pooled connection
-checked out, for as long as the task runs. :func:`get_units` is a plain dependency, not
-a ``yield`` one, and what it returns holds nothing that needs closing: there is no exit
-code whose timing could matter.
-
-``Runner.run`` blocks while its operation talks to the database: call it from ``def``
-endpoints and background tasks (FastAPI runs them in its thread pool), or from an
-``async def`` endpoint through ``await run_in_threadpool(units.run, fn, ...)``.
+was sent; from 0.118 on after them again. :func:`get_units` is a plain dependency, and
+the runner holds nothing that needs closing: there is no exit code whose timing could
+matter.
 """
 
 # No "from __future__ import annotations": FastAPI reads these signatures at run time.
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import (
-    AbstractAsyncContextManager,
-    AbstractContextManager,
-    asynccontextmanager,
-    contextmanager,
-)
-from typing import Annotated, Any
+import inspect
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Annotated, Any, Union
 
-from fastapi import Depends
-from sqlalchemy.engine import Engine
+from fastapi import BackgroundTasks, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
-from adapters.sqlalchemy import Classifier, RepositoryFactory, SqlAlchemyUnitOfWork
-from uow import EventHandlers, RetryHook, RetryPolicy, Runner
+from uow import AsyncRunner, CommitOutcomeUnknown, ErrorKind, Reason, Runner, retry_details
 
 __all__ = [
     "STATE_ATTRIBUTE",
+    "AsyncUnits",
     "UnitOfWorkLifespan",
     "Units",
+    "get_async_units",
     "get_units",
+    "in_background",
+    "install_exception_handlers",
     "units_lifespan",
 ]
 
 STATE_ATTRIBUTE = "units"
 """Attribute of ``app.state`` that holds the runner while the application runs."""
+
+AnyRunner = Union[Runner[Any], AsyncRunner[Any]]  # noqa: UP007 -- read by FastAPI at run time
+logger = logging.getLogger("retrying_uow")
+_TRANSIENT = frozenset({ErrorKind.DISCONNECT, ErrorKind.UNAVAILABLE, ErrorKind.FAILOVER,
+                        ErrorKind.DEADLOCK, ErrorKind.LOCK_WAIT})  # fmt: skip
+
+
+def _runner(connection: HTTPConnection, kind: type) -> Any:
+    units = getattr(connection.app.state, STATE_ATTRIBUTE, None)
+    if not isinstance(units, kind):
+        msg = (
+            f"no {kind.__name__} on app.state.{STATE_ATTRIBUTE}: create the application with "
+            "FastAPI(lifespan=units_lifespan(make_units)) and let it start (with TestClient: "
+            "`with TestClient(app) as client:`)"
+            + (f"; it holds a {type(units).__name__}" if units is not None else "")
+        )
+        raise RuntimeError(msg)  # noqa: TRY004 -- a wiring mistake, not a bad argument
+    return units
 
 
 def get_units(connection: HTTPConnection) -> Runner[Any]:
@@ -77,39 +93,37 @@ def get_units(connection: HTTPConnection) -> Runner[Any]:
     connection, so nothing is left to close when the request (or its background
     tasks) ends, whichever FastAPI version decides when that is.
     """
-    units = getattr(connection.app.state, STATE_ATTRIBUTE, None)
-    if not isinstance(units, Runner):
-        msg = (
-            f"no runner on app.state.{STATE_ATTRIBUTE}: create the application with "
-            "FastAPI(lifespan=units_lifespan(...)) and let it start (with TestClient: "
-            "`with TestClient(app) as client:`)"
-        )
-        raise RuntimeError(msg)  # noqa: TRY004 -- a wiring mistake, not a bad argument
-    return units
+    runner: Runner[Any] = _runner(connection, Runner)
+    return runner
+
+
+def get_async_units(connection: HTTPConnection) -> AsyncRunner[Any]:
+    """Return the application's async runner: the dependency behind :data:`AsyncUnits`."""
+    runner: AsyncRunner[Any] = _runner(connection, AsyncRunner)
+    return runner
 
 
 Units = Annotated[Runner[Any], Depends(get_units)]
 """An endpoint parameter that receives the application's runner: ``units: Units``."""
+AsyncUnits = Annotated[AsyncRunner[Any], Depends(get_async_units)]
+"""An ``async def`` endpoint's parameter that receives the async runner."""
 
 
 class UnitOfWorkLifespan:
-    """A FastAPI lifespan that opens a runner at startup and closes its resources at shutdown.
+    """A FastAPI lifespan that builds a runner at startup and disposes of its engine at shutdown.
 
-    ``open_units`` returns a context manager giving the runner; it is entered when the
-    application starts and exited when it stops, both in a worker thread (creating
-    tables or closing pooled connections blocks). The runner lives on
-    ``app.state.units`` in between. :func:`units_lifespan` builds one for SQLAlchemy; give
-    your own for another backend, e.g. the in-memory adapter in tests::
-
-        UnitOfWorkLifespan(lambda: contextlib.nullcontext(InMemoryUnitOfWork.factory()))
-
+    ``make_units`` returns the runner (sync or async); it runs when the application
+    starts, in a worker thread (building an engine may block). At shutdown the
+    runner's backend is disposed of, if it can be (``backend.dispose()``, awaited for
+    an async engine). When :func:`get_units` or :func:`get_async_units` is overridden
+    (``app.dependency_overrides``), nothing is built: tests run without a database.
     To combine it with a lifespan of your own, enter it there:
     ``async with lifespan(app): ...``.
     """
 
-    def __init__(self, open_units: Callable[[], AbstractContextManager[Runner[Any]]]) -> None:
-        """Keep the recipe; nothing is opened before the application starts."""
-        self._open_units = open_units
+    def __init__(self, make_units: Callable[[], AnyRunner]) -> None:
+        """Keep the recipe; nothing is built before the application starts."""
+        self._make_units = make_units
 
     def __call__(self, app: Starlette) -> AbstractAsyncContextManager[None]:
         """Return the context manager FastAPI enters at startup and exits at shutdown."""
@@ -117,53 +131,143 @@ class UnitOfWorkLifespan:
 
     @asynccontextmanager
     async def _run(self, app: Starlette) -> AsyncIterator[None]:
+        overrides = getattr(app, "dependency_overrides", {})
+        if get_units in overrides or get_async_units in overrides:
+            yield
+            return
         if getattr(app.state, STATE_ATTRIBUTE, None) is not None:
             msg = f"app.state.{STATE_ATTRIBUTE} is already set: is the lifespan entered twice?"
             raise RuntimeError(msg)
-        opened = self._open_units()
-        units = await run_in_threadpool(opened.__enter__)
+        units: object = await run_in_threadpool(self._make_units)
+        if not isinstance(units, Runner | AsyncRunner):
+            msg = f"make_units must return a Runner or an AsyncRunner, not {type(units).__name__}"
+            raise TypeError(msg)
         setattr(app.state, STATE_ATTRIBUTE, units)
         try:
             yield
         finally:
             delattr(app.state, STATE_ATTRIBUTE)
-            await run_in_threadpool(opened.__exit__, None, None, None)
+            dispose = getattr(units.backend, "dispose", None)
+            if dispose is not None:
+                if inspect.iscoroutinefunction(dispose):
+                    await dispose()
+                else:
+                    await run_in_threadpool(dispose)
 
     def __repr__(self) -> str:
-        return f"UnitOfWorkLifespan({self._open_units!r})"
+        return f"UnitOfWorkLifespan({getattr(self._make_units, '__qualname__', 'make_units')})"
 
 
-def units_lifespan(
-    engine_factory: Callable[[], Engine],
+def units_lifespan(make_units: Callable[[], AnyRunner]) -> UnitOfWorkLifespan:
+    """Return the lifespan that builds the application's runner with ``make_units()``.
+
+    ``make_units`` is the one place the runner is built, e.g.
+    ``lambda: Shop.factory(create_engine(url), policy=...)``: every setting of the
+    factory is reachable, nothing is repeated here.
+    """
+    return UnitOfWorkLifespan(make_units)
+
+
+def in_background(
+    background: BackgroundTasks,
+    units: AnyRunner,
+    fn: Callable[..., Any],
+    /,
+    *args: Any,
+    **kwargs: Any,
+) -> None:
+    """Run ``fn`` as an operation after the response, as FastAPI's background task.
+
+    An exception escaping a background task reaches the server and makes it drop the
+    client's next request on that keep-alive connection. Here a failure is logged at
+    ERROR with its :func:`~uow.retry_details` instead, and never reaches the server.
+    """
+    if isinstance(units, AsyncRunner):
+
+        async def run_async() -> None:
+            try:
+                await units.run(fn, *args, **kwargs)
+            except Exception as error:  # noqa: BLE001 -- logged, see the docstring
+                _log_background_failure(fn, error)
+
+        background.add_task(run_async)
+        return
+
+    def run() -> None:
+        try:
+            units.run(fn, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 -- logged, see the docstring
+            _log_background_failure(fn, error)
+
+    background.add_task(run)
+
+
+def _log_background_failure(fn: Callable[..., Any], error: Exception) -> None:
+    details = retry_details(error)
+    fields = details.log_fields() if details is not None else {}
+    name = getattr(fn, "__qualname__", type(fn).__qualname__)
+    logger.error(
+        "background operation %s failed: %s (%s)",
+        name,
+        type(error).__qualname__,
+        "no retry details" if details is None else details.reason.value or "retrying",
+        extra=fields,
+        exc_info=error,
+    )
+
+
+def install_exception_handlers(
+    app: FastAPI,
     *,
-    repositories: Mapping[str, RepositoryFactory] | None = None,
-    policy: RetryPolicy | None = None,
-    hooks: Sequence[RetryHook] = (),
-    classifier: Classifier | None = None,
-    commit_markers: bool = False,
-    event_handlers: EventHandlers | None = None,
-) -> UnitOfWorkLifespan:
-    """Return a lifespan that creates the engine at startup and disposes of it at shutdown.
+    retry_after: float | None = None,
+    errors: tuple[type[Exception], ...] = (DBAPIError, PoolTimeoutError),
+) -> None:
+    """Map what the runner gives up on to HTTP answers clients can act on.
 
-    ``engine_factory`` is called once, when the application starts (a good place to
-    create tables in a demo, or to check the schema); the other arguments are those of
-    :meth:`SqlAlchemyUnitOfWork.factory <adapters.sqlalchemy.SqlAlchemyUnitOfWork.factory>`.
+    - An operation that gave up on a transient error (lost connection, outage,
+      deadlock, failover: attempts or time budget exhausted) answers ``503 Service
+      Unavailable`` with ``Retry-After`` (``retry_after`` seconds, by default the
+      operation's time budget) and ``{"error": "database_unavailable", "kind": ...}``.
+    - :class:`~uow.CommitOutcomeUnknown` answers ``500`` with
+      ``{"error": "commit_outcome_unknown", "operation": ...}``: the write may or may
+      not have happened, so the client must check before repeating it.
+
+    ``errors`` are the exception classes a give-up can have (SQLAlchemy's by default;
+    add your backend's). Any other exception is left to FastAPI's own handling.
     """
 
-    @contextmanager
-    def open_units() -> Iterator[Runner[Any]]:
-        engine = engine_factory()
-        try:
-            yield SqlAlchemyUnitOfWork.factory(
-                engine,
-                repositories=repositories,
-                policy=policy,
-                hooks=hooks,
-                classifier=classifier,
-                commit_markers=commit_markers,
-                event_handlers=event_handlers,
+    async def handle(_request: Request, error: Exception) -> JSONResponse:
+        if isinstance(error, CommitOutcomeUnknown):
+            return JSONResponse(
+                status_code=500,
+                content={
+                    "error": "commit_outcome_unknown",
+                    "operation": error.operation,
+                    "detail": "the write may or may not have been saved; check before retrying",
+                },
             )
-        finally:
-            engine.dispose()
+        details = retry_details(error)
+        if (
+            details is None
+            or details.kind not in _TRANSIENT
+            or details.reason
+            in {
+                Reason.NOT_RETRYABLE,
+                Reason.NESTED,
+            }
+        ):
+            raise error
+        wait = retry_after if retry_after is not None else (details.timeout or 30.0)
+        return JSONResponse(
+            status_code=503,
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            content={
+                "error": "database_unavailable",
+                "kind": details.kind.value,
+                "reason": details.reason.value,
+            },
+        )
 
-    return UnitOfWorkLifespan(open_units)
+    app.add_exception_handler(CommitOutcomeUnknown, handle)
+    for error_class in errors:
+        app.add_exception_handler(error_class, handle)

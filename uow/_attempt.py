@@ -1,37 +1,158 @@
-"""One attempt of an operation: a fresh unit of work, committed or rolled back, closed."""
+"""One attempt of an operation: a fresh unit of work, committed or rolled back, closed.
+
+The sync :class:`Attempt` and the async :class:`AsyncAttempt` differ only in how they
+drive the shared end-of-attempt script (:func:`uow._lifecycle.finish`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import enum
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from uow._events import publish
-from uow._protocols import AttemptInfo
+from uow._errors import BlockFormError, NestingError
+from uow._lifecycle import finish
+from uow._script import run_async, run_sync
 
 if TYPE_CHECKING:
+    from contextvars import Token
     from types import TracebackType
 
-    import tenacity
-
-    from uow._protocols import Transaction
-    from uow._runner import RetryLoop
+    from uow._commit import Checker
+    from uow._loop import RetryLoop
+    from uow._names import Flavour
+    from uow._script import Script
+    from uow._settings import RunnerSettings
 
 U = TypeVar("U")
 
 
 @dataclass(frozen=True, slots=True)
 class ActiveAttempt:
-    """The attempt running in the current context, so nested calls can join it."""
+    """The attempt running in the current context, so that nested operations can join it."""
 
-    backend: object
-    unit: object
+    backend: Any
+    transaction: Any
+    flavour: Flavour
+    task: object
+    """The asyncio task running it (``None`` for sync code): other tasks may not share it."""
 
 
 active_attempt: ContextVar[ActiveAttempt | None] = ContextVar("retrying_uow_active", default=None)
 
 
-class Attempt(Generic[U]):
+def joined_unit(backend: Any, settings: RunnerSettings, flavour: Flavour, name: str) -> Any:
+    """Return the unit of work a new operation joins, or ``None`` when it runs on its own.
+
+    Inside a running operation on the same database (same runner, or a runner on the
+    same engine or store), the new one joins: no transaction, commit or retry of its
+    own, so attempts never multiply. Anything else raises :class:`~uow.NestingError`,
+    unless the runner was declared ``independent``.
+    """
+    active = active_attempt.get()
+    if active is None or settings.independent:
+        return None
+    where = f"operation {name!r} was started inside another operation"
+    if active.flavour != flavour:
+        msg = f"{where} of the {active.flavour} runner; a {flavour} runner cannot join it " + (
+            "(it would block the event loop): await the async runner instead"
+            if flavour == "sync"
+            else "(it cannot share a sync session)"
+        )
+        raise NestingError(msg)
+    if active.task is not _current_task():
+        msg = (
+            f"{where} from a task of its own: concurrent tasks cannot share the outer "
+            "operation's session; await nested operations in the outer task, or declare the "
+            "runner independent (`runner.using(independent=True)`)"
+        )
+        raise NestingError(msg)
+    if active.backend is backend:
+        return active.transaction.unit
+    if active.backend.database is backend.database:
+        return backend.join(active.transaction)
+    msg = (
+        f"{where} on another database: it would commit on its own, and a rerun of the outer "
+        "operation would repeat it. Run it after the outer operation, or declare it "
+        "independent (`runner.using(independent=True)`) if a repeat is harmless"
+    )
+    raise NestingError(msg)
+
+
+def _current_task() -> object:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running event loop: sync code
+        return None
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    ENTERED = "entered"
+    DONE = "done"
+
+
+class _AttemptCore(Generic[U]):
+    """What both kinds of attempt do: open the transaction, end it, report the outcome."""
+
+    __slots__ = ("_checker", "_error", "_loop", "_state", "_token", "_transaction", "number")
+
+    def __init__(self, loop: RetryLoop, number: int, checker: Checker) -> None:
+        self._loop = loop
+        self._checker = checker
+        self.number = number
+        """Attempt number, from 1."""
+        self._transaction: Any = None
+        self._token: Token[ActiveAttempt | None] | None = None
+        self._state = _State.NEW
+        self._error: BaseException | None = None
+
+    def _open(self, flavour: Flavour) -> U:
+        if self._state is not _State.NEW:
+            msg = f"attempt {self.number} of {self._loop.name!r} was entered twice"
+            raise BlockFormError(msg)
+        self._transaction = self._loop.backend.begin(self._loop.attempt_info(self.number))
+        self._token = active_attempt.set(
+            ActiveAttempt(self._loop.backend, self._transaction, flavour, _current_task())
+        )
+        self._state = _State.ENTERED
+        unit: U = self._transaction.unit
+        return unit
+
+    def _ending(self, error: BaseException | None) -> Script[BaseException | None]:
+        # Leave the context first: a verification or a nested commit resolution that
+        # runs from here is not part of this attempt any more.
+        if self._token is not None:
+            active_attempt.reset(self._token)
+            self._token = None
+        self._state = _State.DONE
+        return finish(self._loop, self.number, self._transaction, error, self._checker)
+
+    def outcome(self) -> BaseException | None:
+        """Return the error that ended the attempt (``None``: committed); check it was used."""
+        if self._state is _State.NEW:
+            msg = (
+                f"attempt {self.number} of {self._loop.name!r} was never entered: the loop "
+                "body must run `with attempt as uow:` (or `async with`)"
+            )
+            raise BlockFormError(msg)
+        if self._state is _State.ENTERED:
+            msg = (
+                f"attempt {self.number} of {self._loop.name!r} was entered but never left; "
+                "enter it only with a `with` block"
+            )
+            raise BlockFormError(msg)
+        return self._error
+
+    def abandoned(self) -> Script[None]:
+        """Roll back and close an attempt that was entered but never left."""
+        if self._state is _State.ENTERED:
+            yield from self._ending(BlockFormError("the attempt was never left"))
+
+
+class Attempt(_AttemptCore[U]):
     """One attempt of an operation: a context manager yielding a fresh unit of work.
 
     Leaving the block normally flushes and commits; leaving it with an exception
@@ -39,83 +160,43 @@ class Attempt(Generic[U]):
     another attempt follows.
     """
 
-    number: int
-    """Attempt number, from 1."""
+    __slots__ = ()
 
     def __enter__(self) -> U:
-        raise NotImplementedError
+        return self._open("sync")
 
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
-        raise NotImplementedError
+    ) -> Literal[True]:
+        self._error = run_sync(self._ending(exc))
+        return True  # the loop re-raises it when no retry follows
 
 
-class RetryingAttempt(Attempt[U]):
-    """An attempt of an outermost operation, reporting its outcome to tenacity."""
+class AsyncAttempt(_AttemptCore[U]):
+    """One attempt of an async operation: ``async with attempt as uow: ...``."""
 
-    def __init__(self, loop: RetryLoop[U], manager: tenacity.AttemptManager) -> None:
-        self._loop = loop
-        self._manager = manager
-        self.number = manager.retry_state.attempt_number
-        self._transaction: Transaction[U] | None = None
-        self._token: Any = None
+    __slots__ = ()
 
-    def __enter__(self) -> U:
-        loop = self._loop
-        info = AttemptInfo(loop.name, self.number, loop.deadline, loop.runner.policy)
-        self._transaction = self._loop.runner.backend.begin(info)
-        self._token = active_attempt.set(
-            ActiveAttempt(self._loop.runner.backend, self._transaction.unit)
-        )
-        return self._transaction.unit
+    async def __aenter__(self) -> U:
+        return self._open("async")
 
-    def __exit__(
+    async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
-        # Leave the context first: whatever runs from here (a commit resolution, a
-        # verification) is not nested in this attempt any more.
-        active_attempt.reset(self._token)
-        error = self._finish(exc)
-        if error is None:
-            assert self._transaction is not None  # noqa: S101 -- __enter__ ran
-            publish(self._transaction.events, self._loop.runner._event_handlers, self._loop.name)  # noqa: SLF001
-            return bool(self._manager.__exit__(None, None, None))
-        return bool(self._manager.__exit__(type(error), error, error.__traceback__))
-
-    def _finish(self, error: BaseException | None) -> BaseException | None:
-        transaction = self._transaction
-        assert transaction is not None  # noqa: S101 -- __enter__ ran
-        commit_error: BaseException | None = None
-        try:
-            if error is None:
-                try:
-                    transaction.flush()
-                except BaseException as flush_error:  # noqa: BLE001 -- handed to the retry loop
-                    error = flush_error
-                else:
-                    try:
-                        transaction.commit()
-                    except BaseException as failed:  # noqa: BLE001 -- handed to the retry loop
-                        commit_error = failed
-            if error is not None or commit_error is not None:
-                transaction.rollback()
-        finally:
-            transaction.close()
-        if commit_error is not None:
-            # Resolved after close, so the dead connection is back with the pool.
-            return self._loop.commit_failed(commit_error, self.number, transaction)
-        return error
+    ) -> Literal[True]:
+        self._error = await run_async(self._ending(exc))
+        return True  # the loop re-raises it when no retry follows
 
 
-class JoinedAttempt(Attempt[U]):
-    """The single attempt of a nested call: the outer unit of work, no commit, no retry."""
+class JoinedAttempt(Generic[U]):
+    """The single attempt of a nested operation: the outer unit of work, no commit, no retry."""
+
+    __slots__ = ("_unit", "number")
 
     def __init__(self, unit: U) -> None:
         self._unit = unit
@@ -124,10 +205,11 @@ class JoinedAttempt(Attempt[U]):
     def __enter__(self) -> U:
         return self._unit
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
+    def __exit__(self, *exc_info: object) -> Literal[False]:
+        return False
+
+    async def __aenter__(self) -> U:
+        return self._unit
+
+    async def __aexit__(self, *exc_info: object) -> Literal[False]:
         return False

@@ -2,25 +2,34 @@
 
 A COMMIT whose reply never arrived may or may not have been applied. Rerunning
 blindly can write twice; giving up can lose a write the caller believes failed.
-Three sources can tell, tried in this order: the adapter's commit marker (a row
-written in the same transaction, looked up with a locking read), the operation's
-own verification (run in a fresh unit of work), and nothing (outcome unknown).
+A transaction that wrote nothing has no such question: it is rerun like any lost
+connection. For one that wrote, three sources can tell, tried in this order: the
+adapter's commit marker (a row written in the same transaction, looked up with a
+locking read), the operation's own verification (run in a fresh unit of work), and
+nothing, in which case ``idempotent`` allows a rerun and otherwise
+:class:`~uow.CommitOutcomeUnknown` is raised.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from uow._errors import CommitOutcomeUnknown
 from uow._hooks import logger
+from uow._kinds import commit_outcome_unknown
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from uow._protocols import Backend, Transaction
+    from uow._loop import RetryLoop
+    from uow._script import Script
 
 RESOLUTION_GRACE = 1.0
 """Seconds a resolution may take even when the operation's time budget is spent."""
+
+Checker = Callable[[float], Callable[[Callable[[Any], object]], object]]
+"""Given a timeout, returns the ``run`` of a fresh runner for a verification."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,31 +43,45 @@ class CommitOutcome:
     """Why the source could not tell, when it tried and failed."""
 
 
-def resolve_commit(
-    transaction: Transaction[Any],
-    backend: Backend[Any],
-    verify: Callable[[Any], bool] | None,
-    *,
-    timeout: float,
-) -> CommitOutcome:
-    """Ask the commit marker, then the verification, whether the transaction committed."""
-    try:
-        marked = transaction.committed(timeout)
-    except Exception as error:  # noqa: BLE001 -- an unreachable server: the outcome stays unknown
-        return CommitOutcome(None, "commit marker", error)
-    if marked is not None:
-        return CommitOutcome(marked, "commit marker")
-    if verify is None:
-        return CommitOutcome(None, "none")
-    # Imported here: the runner module imports this one.
-    from uow._policy import RetryPolicy  # noqa: PLC0415
-    from uow._runner import Runner  # noqa: PLC0415
+def after_failed_commit(
+    loop: RetryLoop, number: int, transaction: Any, error: BaseException, checker: Checker
+) -> Script[BaseException | None]:
+    """Turn an error raised by COMMIT into the one the loop should see (``None``: committed).
 
-    checker = Runner(backend, policy=RetryPolicy(timeout=max(timeout, 0.001)))
+    Runs after the attempt was closed, so the lost connection is back with the pool.
+    """
+    if not commit_outcome_unknown(loop.classify(error).kind):
+        return error  # the server answered: the transaction did not commit
+    if not transaction.wrote:
+        return error  # nothing to have committed: a plain lost connection, rerun as such
+    outcome = yield from _resolve(loop, transaction, checker)
+    log_resolution(loop.name, number, outcome)
+    if outcome.committed is True:
+        return None
+    if outcome.committed is False or loop.settings.idempotent:
+        return error
+    unknown = CommitOutcomeUnknown(loop.name, number)
+    unknown.__cause__ = error  # as ``raise ... from error`` would chain it
+    return unknown
+
+
+def _resolve(loop: RetryLoop, transaction: Any, checker: Checker) -> Script[CommitOutcome]:
+    """Ask the commit marker, then the verification, whether the transaction committed."""
+    clock = loop.settings.clock
+    deadline = max(loop.deadline, clock() + RESOLUTION_GRACE)
     try:
-        verified = checker.run(verify)
-    except Exception as error:  # noqa: BLE001 -- the verification could not run: still unknown
-        return CommitOutcome(None, "verification", error)
+        marked = yield partial(transaction.committed, deadline - clock())
+    except Exception as failed:  # noqa: BLE001 -- an unreachable server: the outcome stays unknown
+        return CommitOutcome(None, "commit marker", failed)
+    if marked is not None:
+        return CommitOutcome(bool(marked), "commit marker")
+    if loop.settings.verify is None:
+        return CommitOutcome(None, "none")
+    run = checker(max(deadline - clock(), 0.001))
+    try:
+        verified = yield partial(run, loop.settings.verify)
+    except Exception as failed:  # noqa: BLE001 -- the check could not run: still unknown
+        return CommitOutcome(None, "verification", failed)
     return CommitOutcome(bool(verified), "verification")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ def get_testing() -> TestingState:
 
 def replace_testing(state: TestingState) -> TestingState:
     """Install a new testing state and return the previous one."""
-    global _state
+    global _state  # one switch for the process, as stamina's
     previous, _state = _state, state
     return previous
 
@@ -37,6 +38,12 @@ def sleep(seconds: float) -> None:
     """Sleep between attempts, unless testing mode makes retries instant."""
     if not _state.enabled:
         time.sleep(seconds)
+
+
+async def async_sleep(seconds: float) -> None:
+    """Sleep between attempts without blocking the event loop (instant in testing mode)."""
+    if not _state.enabled:
+        await asyncio.sleep(seconds)
 
 
 class _TestingSwitch:
@@ -59,7 +66,7 @@ class _TestingSwitch:
 
 def set_testing(enabled: bool = True, *, attempts: int | None = None) -> _TestingSwitch:  # noqa: FBT001, FBT002 -- mirrors stamina.set_testing(True)
     """Turn testing mode on or off: no sleeping between attempts, at most ``attempts``."""
-    if attempts is not None and attempts < 1:
+    if attempts is not None and (isinstance(attempts, bool) or attempts < 1):
         msg = f"attempts must be at least 1 or None, got {attempts!r}"
         raise ValueError(msg)
     return _TestingSwitch(replace_testing(TestingState(enabled=enabled, attempts=attempts)))

@@ -1,8 +1,10 @@
 """Injected faults: a database-agnostic description of where an attempt should fail.
 
-Tests describe faults with :class:`Fault` and arm them with :func:`inject`; adapters
-ask :func:`injected_fault` at every statement and at COMMIT of an attempt, and raise
-the realistic error of their database for the fault due there.
+Tests describe faults with :class:`Fault` and arm them with :func:`inject`. The runner
+hands the active injection to the adapters with each attempt
+(:attr:`uow.AttemptInfo.faults`); they ask :meth:`uow.AttemptInfo.fault_at` at every
+statement and at COMMIT, and raise the realistic error of their database for the fault
+due there. Adapters never import this module or ``uow.testing``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class Fault:
     ``committed`` says whether a COMMIT whose reply was lost had been applied (only for
     kinds that leave the outcome unknown: a lost connection, a failover); ``times`` is
     the number of attempts it strikes. ``errno`` ``None`` lets the adapter pick the usual
-    one for the kind. Each adapter raises what its driver would (see ``adapters.faults``).
+    one for the kind. Each adapter raises what its driver would.
     """
 
     kind: ErrorKind
@@ -170,7 +172,7 @@ def inject(*faults: Fault, strict: bool = True) -> Iterator[Injection]:
     Scoped to the current context (thread or asyncio task); an inner block replaces the
     outer one's faults until it ends. With ``strict`` (the default), leaving the block
     normally while a fault never fired raises :class:`AssertionError`: a fault that did
-    not strike proves nothing. Backends consult it through :func:`injected_fault`.
+    not strike proves nothing. Backends learn of it through :attr:`uow.AttemptInfo.faults`.
     """
     for given in faults:
         checked: object = given
@@ -195,12 +197,6 @@ def inject(*faults: Fault, strict: bool = True) -> Iterator[Injection]:
         raise AssertionError(msg)
 
 
-def injecting() -> bool:
-    """Tell adapters whether an :func:`inject` block is active in this context."""
-    return _injection.get() is not None
-
-
-def injected_fault(attempt: AttemptInfo, at: Point) -> Fault | None:
-    """For adapters: note that ``attempt`` reached ``at`` and return the fault due there."""
-    injection = _injection.get()
-    return None if injection is None else injection.take(attempt, at)
+def current_injection() -> Injection | None:
+    """Return the injection active in this context, for the runner to hand to adapters."""
+    return _injection.get()

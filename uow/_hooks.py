@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from uow._decision import Reason
     from uow._kinds import ErrorKind
 
 logger = logging.getLogger("retrying_uow")
@@ -25,7 +26,8 @@ class RetryDetails:
     operation: str
     attempt: int
     """Number of the attempt that failed, from 1."""
-    max_attempts: int
+    max_attempts: int | None
+    """The most attempts the error's kind allows; ``None`` when only time bounds it."""
     kind: ErrorKind
     errno: int | None
     error_type: str
@@ -34,11 +36,13 @@ class RetryDetails:
     elapsed: float
     """Seconds since the operation's first attempt began."""
     will_retry: bool
-    reason: str
-    """Why the operation stopped (``""`` when it is retried)."""
+    reason: Reason
+    """Why the operation stopped (:attr:`Reason.WILL_RETRY`, ``""``, when it is retried)."""
     error: BaseException
     cause: str | None = None
     """The likely cause the adapter named, e.g. "idle 3.4 s in a transaction; ..."."""
+    timeout: float | None = None
+    """The operation's time budget in seconds."""
 
     def log_fields(self) -> dict[str, object]:
         """Return flat, structlog-friendly fields (no SQL, no parameters, no secrets)."""
@@ -52,7 +56,7 @@ class RetryDetails:
             "uow_wait": round(self.wait, 3),
             "uow_elapsed": round(self.elapsed, 3),
             "uow_will_retry": self.will_retry,
-            "uow_reason": self.reason,
+            "uow_reason": self.reason.value,
             "uow_cause": self.cause,
         }
 
@@ -61,7 +65,7 @@ class RetryHook(Protocol):
     """A callable told about every failed attempt of an outermost operation.
 
     That is every scheduled retry (``will_retry``), every give-up after retries, and
-    every error that is never retried (``reason == "not retryable"``, e.g. an
+    every error that is never retried (``reason == Reason.NOT_RETRYABLE``, e.g. an
     IntegrityError), which is logged by no one but the caller.
     """
 
@@ -79,8 +83,9 @@ def describe(details: RetryDetails) -> str:
     """Return the human part shared by the retry and give-up log lines."""
     errno = "" if details.errno is None else f" errno={details.errno}"
     cause = "" if details.cause is None else f" cause={details.cause!r}"
+    of = "" if details.max_attempts is None else f"/{details.max_attempts}"
     return (
-        f"attempt {details.attempt}/{details.max_attempts} failed: "
+        f"attempt {details.attempt}{of} failed: "
         f"kind={details.kind.value}{errno} error={details.error_type}{cause}"
     )
 
@@ -96,17 +101,25 @@ def emit(details: RetryDetails, hooks: tuple[RetryHook, ...], *, log: bool = Tru
         try:
             hook(details)
         except Exception:  # one hook's bug must not stop the others
-            logger.exception("retry hook %r failed", hook)
+            logger.exception("retry hook %s failed", _hook_name(hook))
+
+
+def _hook_name(hook: object) -> str:
+    name = getattr(hook, "__qualname__", None)
+    return name if isinstance(name, str) else type(hook).__qualname__
 
 
 def _log(details: RetryDetails) -> None:
     fields = details.log_fields()
+    budget = "" if details.timeout is None else f" of {details.timeout:g}"
     if details.will_retry:
         logger.warning(
-            "retrying %s: %s; next attempt in %.3f s",
+            "retrying %s: %s; next attempt in %.3f s (%.3f%s s of the time budget spent)",
             details.operation,
             describe(details),
             details.wait,
+            details.elapsed,
+            budget,
             extra=fields,
         )
     else:
@@ -114,7 +127,7 @@ def _log(details: RetryDetails) -> None:
             "giving up on %s: %s; %s after %.3f s",
             details.operation,
             describe(details),
-            details.reason,
+            details.reason.value,
             details.elapsed,
             extra=fields,
         )

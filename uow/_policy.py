@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from uow._kinds import ErrorKind
 
 ENV_PREFIX = "RETRYING_UOW_"
 """Prefix of the environment variables read by :meth:`RetryPolicy.from_env`."""
+
+_MAX_EXPONENT = 64  # beyond it every backoff step is at its ceiling anyway
+
+
+def _not_a_bool(value: object) -> object:
+    """Refuse ``True``/``False`` where a number is meant (pydantic would read them as 1/0)."""
+    if isinstance(value, bool):
+        msg = f"expected a number, not the boolean {value}"
+        raise ValueError(msg)  # noqa: TRY004 -- pydantic reports ValueError as a validation error
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_a_bool)]
+Seconds = Annotated[float, BeforeValidator(_not_a_bool)]
 
 
 class KindPolicy(BaseModel):
@@ -20,11 +33,12 @@ class KindPolicy(BaseModel):
 
     retry: bool = True
     """Whether errors of this kind rerun the operation at all."""
-    attempts: int | None = Field(default=None, ge=1, le=100)
-    """A lower cap on attempts for this kind (the policy-wide ``attempts`` still applies)."""
-    wait_initial: float | None = Field(default=None, ge=0, le=60)
+    attempts: Count | None = Field(default=None, ge=1, le=1000)
+    """Most attempts when the last failure was of this kind (``None``: only the
+    policy-wide ``attempts``, if set, and the time budget bound them)."""
+    wait_initial: Seconds | None = Field(default=None, ge=0, le=60)
     """First backoff step for this kind, in seconds."""
-    wait_max: float | None = Field(default=None, ge=0, le=300)
+    wait_max: Seconds | None = Field(default=None, ge=0, le=300)
     """Largest backoff step for this kind, in seconds."""
 
     @model_validator(mode="after")
@@ -42,12 +56,17 @@ class KindPolicy(BaseModel):
 class RetryPolicy(BaseModel):
     """When and how a failed operation is rerun. Frozen, validated, bounded by default.
 
-    Two bounds always hold: at most ``attempts`` attempts, and no attempt starts once
-    ``timeout`` seconds have passed since the first one began.
+    The time budget always holds: no attempt starts once ``timeout`` seconds have
+    passed since the first one began, and every wait of an attempt (connecting, each
+    read, a pooled connection) ends with it. Counts bound some kinds as well: by
+    default deadlocks and lock waits get 5 attempts, while the kinds a restart or a
+    failover produce (``disconnect``, ``unavailable``, ``failover``) are retried until
+    the time budget is spent. ``attempts`` caps every kind.
 
-    Backoff before retry number *n* (1 for the first retry) is::
+    The wait before retry number *n* (1 for the first retry) is drawn uniformly
+    ("full jitter", so that clients retrying at once spread out)::
 
-        min(wait_max, wait_initial * wait_exp_base ** (n - 1) + uniform(0, wait_jitter))
+        uniform(0, min(wait_max, wait_initial * wait_exp_base ** (n - 1)))
 
     with ``wait_initial`` and ``wait_max`` taken from the error kind's settings when it
     sets them. A retry whose wait would end past the time budget is not made.
@@ -55,20 +74,19 @@ class RetryPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    attempts: int = Field(default=5, ge=1, le=100)
-    """Most attempts per operation, the first one included."""
-    timeout: float = Field(default=30.0, gt=0, le=86_400)
+    attempts: Count | None = Field(default=None, ge=1, le=1000)
+    """Most attempts per operation, the first one included, whatever the kind
+    (``None``: each kind's own count, or the time budget, bounds them)."""
+    timeout: Seconds = Field(default=30.0, gt=0, le=86_400)
     """Total time budget of one operation in seconds, waits included."""
-    wait_initial: float = Field(default=0.1, ge=0, le=60)
+    wait_initial: Seconds = Field(default=0.1, ge=0, le=60)
     """First backoff step in seconds."""
-    wait_max: float = Field(default=5.0, ge=0, le=300)
+    wait_max: Seconds = Field(default=5.0, ge=0, le=300)
     """Largest backoff step in seconds."""
-    wait_exp_base: float = Field(default=2.0, ge=1, le=10)
+    wait_exp_base: Seconds = Field(default=2.0, ge=1, le=10)
     """Growth factor of the backoff."""
-    wait_jitter: float = Field(default=0.1, ge=0, le=60)
-    """Upper bound of the random amount added to each wait, so clients spread out."""
 
-    warn_transaction_after: float | None = Field(default=10.0, gt=0, le=86_400)
+    warn_transaction_after: Seconds | None = Field(default=10.0, gt=0, le=86_400)
     """Log a WARNING when an attempt keeps its transaction open longer (``None``: never)."""
     warn_idle_transaction: bool = True
     """Log a WARNING when an attempt leaves its transaction idle past the server's
@@ -76,8 +94,8 @@ class RetryPolicy(BaseModel):
 
     disconnect: KindPolicy = KindPolicy(wait_initial=0.02)
     unavailable: KindPolicy = KindPolicy()
-    deadlock: KindPolicy = KindPolicy(wait_initial=0.01)
-    lock_wait: KindPolicy = KindPolicy()
+    deadlock: KindPolicy = KindPolicy(attempts=5, wait_initial=0.01)
+    lock_wait: KindPolicy = KindPolicy(attempts=5)
     failover: KindPolicy = KindPolicy(wait_initial=0.5)
     interrupted: KindPolicy = KindPolicy(retry=False)
     permanent: KindPolicy = KindPolicy(retry=False)
@@ -113,18 +131,21 @@ class RetryPolicy(BaseModel):
         settings: KindPolicy = getattr(self, kind.value)
         return settings
 
-    def max_attempts(self, kind: ErrorKind) -> int:
-        """Return the most attempts allowed when the last failure was of this kind."""
-        cap = self.for_kind(kind).attempts
-        return self.attempts if cap is None else min(cap, self.attempts)
+    def max_attempts(self, kind: ErrorKind) -> int | None:
+        """Return the most attempts allowed when the last failure was of this kind.
+
+        ``None`` means no count applies: the time budget alone bounds the operation.
+        """
+        caps = [cap for cap in (self.attempts, self.for_kind(kind).attempts) if cap is not None]
+        return min(caps) if caps else None
 
     def backoff(self, kind: ErrorKind, retry_number: int, jitter: float) -> float:
         """Return the wait before retry ``retry_number`` (from 1); ``jitter`` is in [0, 1)."""
         settings = self.for_kind(kind)
         initial = self.wait_initial if settings.wait_initial is None else settings.wait_initial
         ceiling = self.wait_max if settings.wait_max is None else settings.wait_max
-        step = initial * self.wait_exp_base ** (retry_number - 1)
-        return min(ceiling, step + jitter * self.wait_jitter)
+        exponent = min(retry_number - 1, _MAX_EXPONENT)
+        return jitter * min(ceiling, initial * self.wait_exp_base**exponent)
 
     def override(self, **changes: Any) -> RetryPolicy:
         """Return a validated copy with some settings changed (per-operation override)."""
@@ -139,13 +160,12 @@ class RetryPolicy(BaseModel):
     def from_env(cls, prefix: str = ENV_PREFIX) -> RetryPolicy:
         """Read a policy from environment variables, defaults for what is not set.
 
-        ``RETRYING_UOW_ATTEMPTS=3``, ``RETRYING_UOW_TIMEOUT=10``, and per kind with a
-        double underscore: ``RETRYING_UOW_DEADLOCK__ATTEMPTS=10``.
+        ``RETRYING_UOW_TIMEOUT=10``, ``RETRYING_UOW_ATTEMPTS=none``, and per kind with a
+        double underscore (``RETRYING_UOW_DEADLOCK__ATTEMPTS=10``) or as a JSON object
+        (``RETRYING_UOW_DEADLOCK='{"attempts": 10}'``). Every error names the variable
+        and the expected form; a variable with the prefix that names no setting is an
+        error too, naming the closest valid one.
         """
+        from uow._env import read_policy  # noqa: PLC0415 -- the reader needs this class
 
-        class _FromEnv(RetryPolicy, BaseSettings):
-            model_config = SettingsConfigDict(
-                env_prefix=prefix, env_nested_delimiter="__", frozen=True, extra="ignore"
-            )
-
-        return cls.model_validate(_FromEnv().model_dump())
+        return read_policy(cls, prefix)

@@ -1,15 +1,17 @@
-"""The protocols shared by the runner, the adapters and the fakes."""
+"""The protocols shared by the runners, the adapters and the fakes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
+from uow._policy import RetryPolicy
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from uow._faults import Fault, Injection, Point
     from uow._kinds import Classification
-from uow._policy import RetryPolicy
 
 T = TypeVar("T")
 U_co = TypeVar("U_co", covariant=True)
@@ -36,7 +38,7 @@ class Repository(Protocol[T]):
     """The collection-like interface shared by the SQLAlchemy and in-memory repositories."""
 
     def add(self, entity: T) -> T:
-        """Stage a new entity; it is written when the operation commits."""
+        """Stage a new entity; it is written at the next flush, at the latest on commit."""
 
     def get(self, ident: Any) -> T | None:
         """Return the entity with this primary key, or ``None``."""
@@ -48,9 +50,29 @@ class Repository(Protocol[T]):
         """Stage the deletion of an entity."""
 
 
-class Transaction(Protocol[U_co]):
-    """One attempt's database transaction, as an adapter opens it for the runner."""
+_DEFAULT_POLICY = RetryPolicy()
 
+
+@dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    """What an adapter is told about the attempt it opens a transaction for."""
+
+    operation: str
+    number: int
+    """Attempt number, from 1."""
+    deadline: float
+    """``time.monotonic()`` value at which the operation's time budget ends."""
+    policy: RetryPolicy = _DEFAULT_POLICY
+    """The operation's policy, for adapters that act on its settings (the transaction guard)."""
+    faults: Injection | None = None
+    """The faults a test injected (``uow.testing.inject``), or ``None``: see :meth:`fault_at`."""
+
+    def fault_at(self, at: Point) -> Fault | None:
+        """For adapters: note that this attempt reached ``at``; return the fault due there."""
+        return None if self.faults is None else self.faults.take(self, at)
+
+
+class _TransactionState(Protocol[U_co]):
     @property
     def unit(self) -> U_co:
         """The unit of work handed to the operation."""
@@ -59,8 +81,26 @@ class Transaction(Protocol[U_co]):
     def events(self) -> Sequence[object]:
         """Events the operation recorded in this attempt, published after it commits."""
 
-    def flush(self) -> None:
-        """Send pending writes, so any failure before COMMIT is known to roll back."""
+    @property
+    def errors(self) -> Sequence[BaseException]:
+        """Database errors raised inside the attempt so far, including those its code caught."""
+
+    @property
+    def wrote(self) -> bool:
+        """Whether the attempt has written anything (known after :meth:`prepare`).
+
+        A transaction that wrote nothing cannot leave a lost COMMIT ambiguous.
+        """
+
+
+class Transaction(_TransactionState[U_co], Protocol[U_co]):
+    """One attempt's database transaction, as a sync adapter opens it for the runner."""
+
+    def prepare(self) -> None:
+        """Before COMMIT: send pending writes, and load what the flush left unloaded.
+
+        After it, any failure so far is known to roll back (safe to rerun).
+        """
 
     def commit(self) -> None:
         """Commit; an error raised here may leave the outcome unknown."""
@@ -78,27 +118,50 @@ class Transaction(Protocol[U_co]):
         """
 
 
-_DEFAULT_POLICY = RetryPolicy()
+class AsyncTransaction(_TransactionState[U_co], Protocol[U_co]):
+    """One attempt's database transaction, as an async adapter opens it for the runner."""
+
+    async def prepare(self) -> None:
+        """As :meth:`Transaction.prepare`."""
+
+    async def commit(self) -> None:
+        """As :meth:`Transaction.commit`."""
+
+    async def rollback(self) -> None:
+        """As :meth:`Transaction.rollback`."""
+
+    async def close(self) -> None:
+        """As :meth:`Transaction.close`."""
+
+    async def committed(self, timeout: float) -> bool | None:
+        """As :meth:`Transaction.committed`."""
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptInfo:
-    """What an adapter is told about the attempt it opens a transaction for."""
+class _BackendBase(Protocol[U_co]):
+    @property
+    def database(self) -> object:
+        """What identifies the database: operations on the same one nest by joining."""
 
-    operation: str
-    number: int
-    """Attempt number, from 1."""
-    deadline: float
-    """``time.monotonic()`` value at which the operation's time budget ends."""
-    policy: RetryPolicy = _DEFAULT_POLICY
-    """The operation's policy, for adapters that act on its settings (the transaction guard)."""
+    def join(self, transaction: Any) -> U_co:
+        """Return a unit of work of this backend on another backend's running transaction.
+
+        Called for a nested operation when both backends have the same :attr:`database`;
+        raises :class:`~uow.NestingError` when it cannot share that transaction.
+        """
+
+    def classify(self, error: BaseException) -> Classification:
+        """Say what an exception means; anything unknown is permanent."""
 
 
-class Backend(Protocol[U_co]):
-    """What an adapter gives the runner: fresh transactions and error classification."""
+class Backend(_BackendBase[U_co], Protocol[U_co]):
+    """What a sync adapter gives the runner: fresh transactions and error classification."""
 
     def begin(self, attempt: AttemptInfo) -> Transaction[U_co]:
         """Open a fresh transaction (and unit of work) for one attempt."""
 
-    def classify(self, error: BaseException) -> Classification:
-        """Say what an exception means; anything unknown is permanent."""
+
+class AsyncBackend(_BackendBase[U_co], Protocol[U_co]):
+    """What an async adapter gives the async runner."""
+
+    def begin(self, attempt: AttemptInfo) -> AsyncTransaction[U_co]:
+        """Open a fresh transaction (and unit of work) for one attempt; no I/O yet."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from uow._config import set_testing
 from uow._errors import CommitOutcomeUnknown
 from uow._faults import Fault, Injection, inject
+from uow._names import operation_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -112,7 +113,7 @@ def check_rerun_safety(
     without an ``__eq__`` of their own, such as ORM entities, only through ``result``.
     Use :func:`functools.partial` for keyword arguments of the operation.
     """
-    name = getattr(operation, "__qualname__", None) or repr(operation)
+    name = operation_name(operation)
     commit_faults = (
         (Fault.lost_commit(committed=False), Fault.lost_commit(committed=True))
         if at_commit is None

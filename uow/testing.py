@@ -23,7 +23,7 @@ turn and reports where a rerun leaves something different from a clean run::
 from __future__ import annotations
 
 from uow._config import TestingState, is_testing, set_testing
-from uow._faults import Fault, Injection, InjectionPoint, Point, inject, injected_fault, injecting
+from uow._faults import Fault, Injection, InjectionPoint, Point, inject
 from uow._rerun import RerunFinding, RerunReport, assert_rerun_safe, check_rerun_safety
 
 __all__ = [
@@ -37,8 +37,6 @@ __all__ = [
     "assert_rerun_safe",
     "check_rerun_safety",
     "inject",
-    "injected_fault",
-    "injecting",
     "is_testing",
     "set_testing",
 ]

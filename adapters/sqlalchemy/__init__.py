@@ -1,0 +1,56 @@
+"""The unit of work on SQLAlchemy: one fresh Session per attempt, on your own Engine.
+
+::
+
+    from adapters.sqlalchemy import SqlAlchemyRepository, SqlAlchemyUnitOfWork, repository
+
+    class Shop(SqlAlchemyUnitOfWork):
+        orders = repository(OrderRepository)
+
+    units = Shop.factory(engine, policy=RetryPolicy(timeout=30))
+    order = units.run(place_order, cart)      # one operation, rerun whole on a lost connection
+
+Databases plug in by dialect: MySQL/MariaDB (:mod:`adapters.mysql`) and PostgreSQL
+(:mod:`adapters.postgresql`) classify their errors and bound reads; SQLite and any
+other database get the generic rules.
+"""
+
+from adapters.sqlalchemy._backend import SessionTransaction, SqlAlchemyBackend
+from adapters.sqlalchemy._databases import DatabaseSupport, Effect
+from adapters.sqlalchemy._engine import create_engine
+from adapters.sqlalchemy._generic import classify_generic
+from adapters.sqlalchemy._markers import (
+    MARKER_TABLE,
+    CommitMarkers,
+    commit_marker_ddl,
+    commit_markers_metadata,
+    commit_markers_table,
+    create_commit_marker_table,
+)
+from adapters.sqlalchemy._unit import (
+    Classifier,
+    RepositoryFactory,
+    SqlAlchemyRepository,
+    SqlAlchemyUnitOfWork,
+)
+from uow import repository
+
+__all__ = [
+    "MARKER_TABLE",
+    "Classifier",
+    "CommitMarkers",
+    "DatabaseSupport",
+    "Effect",
+    "RepositoryFactory",
+    "SessionTransaction",
+    "SqlAlchemyBackend",
+    "SqlAlchemyRepository",
+    "SqlAlchemyUnitOfWork",
+    "classify_generic",
+    "commit_marker_ddl",
+    "commit_markers_metadata",
+    "commit_markers_table",
+    "create_commit_marker_table",
+    "create_engine",
+    "repository",
+]

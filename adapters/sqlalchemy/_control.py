@@ -1,0 +1,123 @@
+"""The unit of work owns the transaction: user code may not end or restart it.
+
+An attempt's Session is an instance of a thin subclass of the user's session class
+whose ``commit``, ``rollback``, ``begin``, ``close``, ``reset`` and ``invalidate``
+raise :class:`~uow.TransactionControlError` while an operation runs (and
+:class:`~uow.UnitOfWorkClosedError` after it ended). Savepoints stay allowed:
+``begin_nested()``. Raw statements that end a transaction are refused where they
+are executed (see :mod:`adapters.sqlalchemy._listeners`).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy.orm import Session
+
+from adapters.sqlalchemy._state import attempt_of_session
+from uow import TransactionControlError, UnitOfWorkClosedError
+
+if TYPE_CHECKING:
+    from adapters.sqlalchemy._state import AttemptState
+
+S = TypeVar("S", bound=Session)
+
+REMEDIES = {
+    "Session.commit()": (
+        "the runner commits when the operation returns; to get generated ids before "
+        "that, call uow.flush()"
+    ),
+    "Session.rollback()": (
+        "raise an exception to roll the whole operation back; to undo only part of it, "
+        "use a savepoint: `with uow.session.begin_nested(): ...`"
+    ),
+    "Session.begin()": (
+        "the operation already runs in the runner's transaction; use "
+        "`uow.session.begin_nested()` for a savepoint"
+    ),
+    "Session.close()": "the runner closes the session when the attempt ends",
+    "Session.reset()": "the runner closes the session when the attempt ends",
+    "Session.invalidate()": (
+        "the runner discards the session when the attempt ends, and reruns the "
+        "operation after a lost connection"
+    ),
+}
+
+
+def refusal(state: AttemptState, call: str, remedy: str) -> TransactionControlError:
+    """Return the error for ``call`` made by the code of ``state``'s operation."""
+    attempt = state.attempt
+    return TransactionControlError(
+        f"{call} inside operation {attempt.operation!r} (attempt {attempt.number}): the "
+        f"unit of work owns the transaction, and this would commit or drop part of the "
+        f"operation on its own, so that a rerun repeats it or the rest commits without "
+        f"it. Instead: {remedy}"
+    )
+
+
+def check_call(session: Session, call: str) -> None:
+    """Refuse ``call`` on an attempt's session unless the runner itself makes it."""
+    state = attempt_of_session(session)
+    if state is None or state.owner:
+        return
+    if state.ended:
+        attempt = state.attempt
+        msg = (
+            f"{call} on the session of operation {attempt.operation!r} (attempt "
+            f"{attempt.number}), which has ended; do the work inside an operation instead "
+            "of keeping its session"
+        )
+        raise UnitOfWorkClosedError(msg)
+    raise refusal(state, call, REMEDIES[call])
+
+
+class OwnedTransaction(Session):
+    """The calls that end or restart a Session's transaction, refused while an operation runs."""
+
+    def commit(self) -> None:
+        """Refused: the runner commits."""
+        check_call(self, "Session.commit()")
+        super().commit()
+
+    def rollback(self) -> None:
+        """Refused: raise to roll back, or use a savepoint."""
+        check_call(self, "Session.rollback()")
+        super().rollback()
+
+    def begin(self, nested: bool = False) -> Any:  # noqa: FBT001, FBT002 -- Session's signature
+        """Refused except for savepoints (``begin_nested()``)."""
+        if not nested:
+            check_call(self, "Session.begin()")
+        return super().begin(nested=nested)
+
+    def close(self) -> None:
+        """Refused: the runner closes the session."""
+        check_call(self, "Session.close()")
+        super().close()
+
+    def reset(self) -> None:
+        """Refused: the runner closes the session."""
+        check_call(self, "Session.reset()")
+        super().reset()
+
+    def invalidate(self) -> None:
+        """Refused: the runner discards the session."""
+        check_call(self, "Session.invalidate()")
+        super().invalidate()
+
+
+_classes: dict[type[Session], type[Session]] = {}
+_classes_lock = threading.Lock()
+
+
+def attempt_session_class(base: type[S]) -> type[S]:
+    """Return the attempts' subclass of ``base`` (made once per class)."""
+    with _classes_lock:
+        made = _classes.get(base)
+        if made is None:
+            bases: tuple[type, ...] = (
+                (base,) if issubclass(base, OwnedTransaction) else (OwnedTransaction, base)
+            )
+            made = _classes[base] = type(f"Attempt{base.__name__}", bases, {})
+    return made  # type: ignore[return-value]
