@@ -255,7 +255,9 @@ class _MemoryTransaction:
 
     def prepare(self) -> None:
         self.work.flush()
-        self.wrote = self.work.flushed or self.work.tables != self.work.backend.tables
+        # A read leaves an empty table in the attempt's copy where the store has none:
+        # that is not a write, so only tables with rows are compared.
+        self.wrote = self.work.flushed or _rows(self.work.tables) != _rows(self.work.backend.tables)
 
     def commit(self) -> None:
         fault = self.work.attempt.fault_at("commit")
@@ -280,6 +282,11 @@ class _MemoryTransaction:
     def committed(self, timeout: float) -> bool | None:  # noqa: ARG002 -- nothing to wait for
         """With commit markers on, say whether this attempt's data reached the store."""
         return self._applied if self.work.backend.commit_markers else None
+
+
+def _rows(tables: Tables) -> Tables:
+    """Return the tables that hold rows."""
+    return {name: rows for name, rows in tables.items() if rows}
 
 
 class InMemoryRepository(Generic[T]):

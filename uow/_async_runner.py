@@ -92,10 +92,11 @@ class AsyncRunner(Generic[U_co]):
         check_operation(fn, "async")
         async for attempt in self._attempts(operation_name(fn), None):
             async with attempt as unit:
-                result = fn(unit, *args, **kwargs)
-                if inspect.isawaitable(result):  # a plain function is awaited for nothing
-                    result = await result
-                check_result(fn, result, "async")
+                returned: Any = fn(unit, *args, **kwargs)
+                if inspect.isawaitable(returned):  # a plain function's value is used as it is
+                    returned = await returned
+                check_result(fn, returned, "async")
+                result: R = returned
         return result
 
     def operation(

@@ -58,7 +58,10 @@ class RetryLoop:
 
     def attempt_info(self, number: int) -> AttemptInfo:
         """Describe attempt ``number`` to the backend."""
-        return AttemptInfo(self.name, number, self.deadline, self.settings.policy, self.faults)
+        settings = self.settings
+        return AttemptInfo(
+            self.name, number, self.deadline, settings.policy, self.faults, settings.isolation_level
+        )
 
     def elapsed(self) -> float:
         """Seconds since the first attempt began."""

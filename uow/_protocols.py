@@ -66,6 +66,8 @@ class AttemptInfo:
     """The operation's policy, for adapters that act on its settings (the transaction guard)."""
     faults: Injection | None = None
     """The faults a test injected (``uow.testing.inject``), or ``None``: see :meth:`fault_at`."""
+    isolation_level: str | None = None
+    """The isolation level the runner asks for (``None``: the connection's own)."""
 
     def fault_at(self, at: Point) -> Fault | None:
         """For adapters: note that this attempt reached ``at``; return the fault due there."""

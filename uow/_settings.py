@@ -31,6 +31,9 @@ class _CommonOptions(TypedDict, total=False):
     independent: bool
     """Run as an operation of its own even inside an operation on another database
     (a rerun of the outer operation then repeats it)."""
+    isolation_level: str | None
+    """The transaction isolation level of every attempt (e.g. ``"SERIALIZABLE"``), where
+    the adapter supports one; ``None`` leaves the connection's own."""
     clock: Callable[[], float]
     """Monotonic clock of the time budget (default ``time.monotonic``; a fake in tests)."""
 
@@ -65,6 +68,7 @@ class RunnerSettings:
         default_factory=lambda: MappingProxyType({})
     )
     independent: bool = False
+    isolation_level: str | None = None
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], object] | None = None
 

@@ -15,6 +15,12 @@ Databases plug in by dialect: MySQL/MariaDB (:mod:`adapters.mysql`) and PostgreS
 other database get the generic rules.
 """
 
+from adapters.sqlalchemy._async import (
+    AsyncSessionTransaction,
+    AsyncSqlAlchemyBackend,
+    AsyncSqlAlchemyRepository,
+    AsyncSqlAlchemyUnitOfWork,
+)
 from adapters.sqlalchemy._backend import SessionTransaction, SqlAlchemyBackend
 from adapters.sqlalchemy._databases import DatabaseSupport, Effect
 from adapters.sqlalchemy._engine import create_engine
@@ -37,6 +43,10 @@ from uow import repository
 
 __all__ = [
     "MARKER_TABLE",
+    "AsyncSessionTransaction",
+    "AsyncSqlAlchemyBackend",
+    "AsyncSqlAlchemyRepository",
+    "AsyncSqlAlchemyUnitOfWork",
     "Classifier",
     "CommitMarkers",
     "DatabaseSupport",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,22 +19,18 @@ from adapters.sqlalchemy._expired import load_expired
 from adapters.sqlalchemy._listeners import (
     CAUSE_ATTRIBUTE,
     KIND_ATTRIBUTE,
-    begin_attempt,
     connect_deadline,
     install,
 )
 from adapters.sqlalchemy._markers import CommitMarkers
 from adapters.sqlalchemy._pool import bound_pool_waits
-from adapters.sqlalchemy._state import KEY, AttemptState, attempt_of_session
+from adapters.sqlalchemy._state import KEY, AttemptState
 from adapters.sqlalchemy._unit import SqlAlchemyUnitOfWork
-from uow import Classification, ErrorKind, NestingError
+from uow import Classification, ErrorKind, NestingError, UnitOfWorkBase
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from contextvars import Token
-
-    from sqlalchemy.engine import Connection
-    from sqlalchemy.orm import SessionTransaction as OrmTransaction
 
     from adapters.sqlalchemy._databases import DatabaseSupport
     from adapters.sqlalchemy._unit import Classifier, RepositoryFactory
@@ -76,8 +71,8 @@ class SqlAlchemyBackend:
         self._sessions: sessionmaker[Session] = sessionmaker(
             **{**settings, **_FORCED, "bind": engine, "class_": attempt_session_class(base)}
         )
-        event.listen(self._sessions, "after_begin", _on_begin)
         self._markers = CommitMarkers(engine, self._support) if commit_markers else None
+        self._isolated: dict[str, Engine] = {}
 
     @property
     def engine(self) -> Engine:
@@ -90,17 +85,32 @@ class SqlAlchemyBackend:
         return self._engine
 
     @property
+    def state_support(self) -> DatabaseSupport:
+        """The database support attempts on this engine use."""
+        return self._support
+
+    @property
     def commit_markers(self) -> CommitMarkers | None:
         """The commit markers of this backend, when enabled."""
         return self._markers
 
     def begin(self, attempt: AttemptInfo) -> SessionTransaction:
         """Open a fresh session (it connects lazily, on its first statement)."""
-        session = self._sessions()
+        level = attempt.isolation_level
+        session = self._sessions() if level is None else self._sessions(bind=self._bound(level))
         state = AttemptState(attempt, self._support)
         session.info[KEY] = state
         unit = self._unit_class(session, attempt, self._repositories)
         return SessionTransaction(unit, session, state, self._markers)
+
+    def _bound(self, isolation_level: str) -> Engine:
+        """Return the engine with an isolation level (applied at checkout, reset at check-in)."""
+        engine = self._isolated.get(isolation_level)
+        if engine is None:
+            engine = self._isolated[isolation_level] = self._engine.execution_options(
+                isolation_level=isolation_level
+            )
+        return engine
 
     def join(self, transaction: object) -> SqlAlchemyUnitOfWork[Any]:
         """Return a unit of work of this backend on another runner's attempt on this engine."""
@@ -150,12 +160,6 @@ def _resolve(bind: object) -> tuple[Engine, dict[str, Any], type[Session] | None
     raise TypeError(msg)
 
 
-def _on_begin(session: Session, _transaction: OrmTransaction, connection: Connection) -> None:
-    state = attempt_of_session(session)
-    if state is not None:
-        begin_attempt(state, connection)
-
-
 class SessionTransaction:
     """The runner's handle on one attempt's session."""
 
@@ -163,7 +167,7 @@ class SessionTransaction:
 
     def __init__(
         self,
-        unit: SqlAlchemyUnitOfWork[Any],
+        unit: UnitOfWorkBase,
         session: Session,
         state: AttemptState,
         markers: CommitMarkers | None,

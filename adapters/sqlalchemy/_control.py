@@ -13,13 +13,15 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from adapters.sqlalchemy._listeners import begin_attempt, refusal
 from adapters.sqlalchemy._state import attempt_of_session
-from uow import TransactionControlError, UnitOfWorkClosedError
+from uow import UnitOfWorkClosedError
 
 if TYPE_CHECKING:
-    from adapters.sqlalchemy._state import AttemptState
+    from sqlalchemy.engine import Connection
 
 S = TypeVar("S", bound=Session)
 
@@ -43,17 +45,6 @@ REMEDIES = {
         "operation after a lost connection"
     ),
 }
-
-
-def refusal(state: AttemptState, call: str, remedy: str) -> TransactionControlError:
-    """Return the error for ``call`` made by the code of ``state``'s operation."""
-    attempt = state.attempt
-    return TransactionControlError(
-        f"{call} inside operation {attempt.operation!r} (attempt {attempt.number}): the "
-        f"unit of work owns the transaction, and this would commit or drop part of the "
-        f"operation on its own, so that a rerun repeats it or the rest commits without "
-        f"it. Instead: {remedy}"
-    )
 
 
 def check_call(session: Session, call: str) -> None:
@@ -120,4 +111,12 @@ def attempt_session_class(base: type[S]) -> type[S]:
                 (base,) if issubclass(base, OwnedTransaction) else (OwnedTransaction, base)
             )
             made = _classes[base] = type(f"Attempt{base.__name__}", bases, {})
+            event.listen(made, "after_begin", _on_begin)
     return made  # type: ignore[return-value]
+
+
+def _on_begin(session: Session, _transaction: object, connection: Connection) -> None:
+    """At the BEGIN of an attempt's transaction: bind the attempt to its connection."""
+    state = attempt_of_session(session)
+    if state is not None:
+        begin_attempt(state, connection)

@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event
 
 from adapters.sqlalchemy import _guard
-from adapters.sqlalchemy._control import refusal
 from adapters.sqlalchemy._databases import Effect, first_keyword
 from adapters.sqlalchemy._state import attempt_of_connection, connection_state
-from uow import ErrorKind, UnitOfWorkError
+from uow import ErrorKind, TransactionControlError, UnitOfWorkError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -83,6 +82,17 @@ def begin_attempt(state: AttemptState, connection: Connection) -> None:
         connection.dialect, proxied.dbapi_connection, remaining
     )
     state.support.begin(connection, state)
+
+
+def refusal(state: AttemptState, call: str, remedy: str) -> TransactionControlError:
+    """Return the error for ``call`` made by the code of ``state``'s operation."""
+    attempt = state.attempt
+    return TransactionControlError(
+        f"{call} inside operation {attempt.operation!r} (attempt {attempt.number}): the "
+        f"unit of work owns the transaction, and this would commit or drop part of the "
+        f"operation on its own, so that a rerun repeats it or the rest commits without "
+        f"it. Instead: {remedy}"
+    )
 
 
 def _bounded_connect(support: DatabaseSupport) -> Callable[..., None]:
