@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from uow._async_runner import AsyncRunner
 from uow._attempt import AsyncAttempt, Attempt, JoinedAttempt
+from uow._budget import RetryBudget
 from uow._decision import Reason
 from uow._errors import (
     BlockFormError,
@@ -22,7 +23,7 @@ from uow._events import EventHandler, EventHandlers
 from uow._hooks import RetryDetails, RetryHook
 from uow._kinds import Classification, ErrorKind
 from uow._loop import retry_details
-from uow._policy import KindPolicy, RetryPolicy
+from uow._policy import KindPolicy, RetryBudgetPolicy, RetryPolicy
 from uow._protocols import (
     AsyncBackend,
     AsyncTransaction,
@@ -62,6 +63,8 @@ __all__ = [
     "NestingError",
     "Reason",
     "Repository",
+    "RetryBudget",
+    "RetryBudgetPolicy",
     "RetryDetails",
     "RetryHook",
     "RetryPolicy",

@@ -16,6 +16,7 @@ import tenacity
 
 from uow._attempt import AsyncAttempt, JoinedAttempt, joined_unit
 from uow._blockform import check_block_form
+from uow._budget import RetryBudget, budget_for
 from uow._loop import RetryLoop
 from uow._names import check_operation, check_result, operation_name
 from uow._script import run_async
@@ -45,18 +46,20 @@ class AsyncRunner(Generic[U_co]):
     retried: its attempt is rolled back and the cancellation propagates.
     """
 
-    __slots__ = ("_backend", "_settings")
+    __slots__ = ("_backend", "_budget", "_settings")
 
     def __init__(self, backend: AsyncBackend[U_co], **options: Unpack[AsyncRunnerOptions]) -> None:
         """Run operations on ``backend``; ``options`` as for :class:`~uow.Runner`."""
         self._backend = backend
         self._settings = RunnerSettings.of(options)
+        self._budget = _budget_of(backend, self._settings)
 
     @classmethod
     def _with(cls, backend: AsyncBackend[U_co], settings: RunnerSettings) -> AsyncRunner[U_co]:
         runner = cls.__new__(cls)
         runner._backend = backend  # noqa: SLF001 -- its own class
         runner._settings = settings  # noqa: SLF001
+        runner._budget = _budget_of(backend, settings)  # noqa: SLF001
         return runner
 
     @property
@@ -68,6 +71,11 @@ class AsyncRunner(Generic[U_co]):
     def settings(self) -> RunnerSettings:
         """Every setting of this runner (frozen)."""
         return self._settings
+
+    @property
+    def retry_budget(self) -> RetryBudget | None:
+        """The retry budget this runner shares with the others on its database (``None``: off)."""
+        return self._budget
 
     @property
     def policy(self) -> RetryPolicy:
@@ -128,7 +136,7 @@ class AsyncRunner(Generic[U_co]):
         if joined is not None:
             yield JoinedAttempt(joined)
             return
-        loop = RetryLoop(self._settings, self._backend, name)
+        loop = RetryLoop(self._settings, self._backend, name, self._budget)
         attempt: AsyncAttempt[U_co] = AsyncAttempt(loop, 1, self._checker)
         yield attempt
         error = await self._outcome(attempt)
@@ -165,3 +173,10 @@ class AsyncRunner(Generic[U_co]):
         return (
             f"AsyncRunner({self._backend!r}, attempts={policy.attempts}, timeout={policy.timeout})"
         )
+
+
+def _budget_of(backend: object, settings: RunnerSettings) -> RetryBudget | None:
+    policy = settings.policy.retry_budget
+    if policy is None:
+        return None
+    return budget_for(getattr(backend, "database", backend), policy, settings.clock)

@@ -7,7 +7,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from uow._kinds import ErrorKind
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from uow._policy import RetryPolicy
 
 _NONE = {"", "none", "null"}
+_NOT_POLICY = frozenset({"RETRYING_UOW_STRICT"})
+"""Variables with the prefix that configure something else than the policy."""
 _KINDS = frozenset(kind.value for kind in ErrorKind)
 _EXPECTED = {
     "attempts": "a whole number from 1 to 1000, or none",
@@ -28,6 +30,10 @@ _EXPECTED = {
     "warn_transaction_after": "seconds, a number above 0, or none",
     "warn_idle_transaction": "true or false",
     "retry": "true or false",
+    "ratio": "retries per first attempt, a number from 0 to 100",
+    "min_per_second": "retries per second, a number from 0 to 100000",
+    "ttl": "seconds, a number from 1 to 3600",
+    "retry_budget": 'none, or a JSON object, e.g. {"ratio": 0.2, "min_per_second": 10}',
 }
 _KIND_FORM = 'a JSON object of the kind\'s settings, e.g. {"attempts": 3, "wait_max": 1}'
 
@@ -41,24 +47,28 @@ def read_policy(
     sources: dict[tuple[str, ...], str] = {}
     problems: list[InitErrorDetails] = []
     fields = set(cls.model_fields)
-    kind_fields = {"retry", "attempts", "wait_initial", "wait_max"}
+    nested = _nested_fields(cls)
     valid = sorted(
         [prefix + name.upper() for name in fields]
-        + [f"{prefix}{kind.upper()}__{name.upper()}" for kind in _KINDS for name in kind_fields]
+        + [
+            f"{prefix}{group.upper()}__{name.upper()}"
+            for group, names in nested.items()
+            for name in names
+        ]
     )
     for variable, raw in sorted(environ.items()):
-        if not variable.upper().startswith(prefix.upper()):
+        if not variable.upper().startswith(prefix.upper()) or variable.upper() in _NOT_POLICY:
             continue
         path = variable[len(prefix) :].lower().split("__")
-        if len(path) == 1 and path[0] in _KINDS:
-            kind_settings = _json_object(variable, raw, problems)
-            if kind_settings is not None:
-                data.setdefault(path[0], {}).update(kind_settings)
+        if len(path) == 1 and path[0] in nested and _scalar(raw) is not None:
+            settings = _json_object(variable, raw, problems)
+            if settings is not None:
+                data.setdefault(path[0], {}).update(settings)
                 sources[(path[0],)] = variable
         elif len(path) == 1 and path[0] in fields:
             data[path[0]] = _scalar(raw)
             sources[(path[0],)] = variable
-        elif len(path) == 2 and path[0] in _KINDS and path[1] in kind_fields:  # noqa: PLR2004
+        elif len(path) == 2 and path[1] in nested.get(path[0], ()):  # noqa: PLR2004
             data.setdefault(path[0], {})[path[1]] = _scalar(raw)
             sources[(path[0], path[1])] = variable
         else:
@@ -69,6 +79,16 @@ def read_policy(
         except ValidationError as error:
             problems.extend(_renamed(error, sources, prefix))
     raise ValidationError.from_exception_data("RetryPolicy.from_env", problems)
+
+
+def _nested_fields(cls: type[RetryPolicy]) -> dict[str, frozenset[str]]:
+    """Map the policy's fields that are models of their own (kinds, budget) to their fields."""
+    nested: dict[str, frozenset[str]] = {}
+    for name, field in cls.model_fields.items():
+        for candidate in (field.annotation, *getattr(field.annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                nested[name] = frozenset(candidate.model_fields)
+    return nested
 
 
 def _scalar(raw: str) -> str | None:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     import tenacity
 
+    from uow._budget import RetryBudget
     from uow._settings import RunnerSettings
 
 _DETAILS_ATTRIBUTE = "__retrying_uow_details__"
@@ -44,17 +45,31 @@ def retry_details(error: BaseException) -> RetryDetails | None:
 class RetryLoop:
     """The state of one operation's retries: its clock, its attempts, its verdicts."""
 
-    __slots__ = ("_judged", "backend", "deadline", "faults", "name", "settings", "started")
+    __slots__ = (
+        "_judged",
+        "backend",
+        "budget",
+        "deadline",
+        "faults",
+        "name",
+        "settings",
+        "started",
+    )
 
-    def __init__(self, settings: RunnerSettings, backend: Any, name: str) -> None:
-        """Start the operation's clock."""
+    def __init__(
+        self, settings: RunnerSettings, backend: Any, name: str, budget: RetryBudget | None
+    ) -> None:
+        """Start the operation's clock; its first attempt deposits into the retry budget."""
         self.settings = settings
         self.backend = backend
         self.name = name
+        self.budget = budget
         self.started = settings.clock()
         self.deadline = self.started + settings.policy.timeout
         self.faults = current_injection()
         self._judged: tuple[int, BaseException, Classification, Decision] | None = None
+        if budget is not None:
+            budget.deposit()
 
     def attempt_info(self, number: int) -> AttemptInfo:
         """Describe attempt ``number`` to the backend."""
@@ -139,6 +154,13 @@ class RetryLoop:
             jitter=_random.random(),
             attempts_cap=testing.attempts if testing.enabled else None,
         )
+        if decision.retry and self.budget is not None and not self.budget.withdraw():
+            decision = Decision(
+                retry=False,
+                wait=0.0,
+                max_attempts=decision.max_attempts,
+                reason=Reason.RETRY_BUDGET_EXHAUSTED,
+            )
         self._judged = (number, error, classification, decision)
         return classification, decision
 

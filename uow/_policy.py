@@ -53,6 +53,25 @@ class KindPolicy(BaseModel):
         return self
 
 
+class RetryBudgetPolicy(BaseModel):
+    """How many retries a process may make across its operations (see :mod:`uow._budget`).
+
+    With the defaults, retries may reach 20% of first attempts plus 10 per second, each
+    counted for 10 s (Finagle's defaults): isolated failures (a restart under ordinary
+    load, a burst of deadlocks) never meet it; a storm of retries against a database
+    that stays down does.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ratio: Seconds = Field(default=0.2, ge=0, le=100)
+    """Retries allowed per first attempt."""
+    min_per_second: Seconds = Field(default=10.0, ge=0, le=100_000)
+    """Retries per second allowed whatever the traffic (the reserve)."""
+    ttl: Seconds = Field(default=10.0, ge=1, le=3_600)
+    """Seconds a first attempt's deposit, and a retry's withdrawal, count."""
+
+
 class RetryPolicy(BaseModel):
     """When and how a failed operation is rerun. Frozen, validated, bounded by default.
 
@@ -91,6 +110,9 @@ class RetryPolicy(BaseModel):
     warn_idle_transaction: bool = True
     """Log a WARNING when an attempt leaves its transaction idle past the server's
     ``wait_timeout`` (MySQL/MariaDB), the classic cause of "server has gone away"."""
+
+    retry_budget: RetryBudgetPolicy | None = RetryBudgetPolicy()
+    """The retries all operations on the same database may make together (``None``: no cap)."""
 
     disconnect: KindPolicy = KindPolicy(wait_initial=0.02)
     unavailable: KindPolicy = KindPolicy()

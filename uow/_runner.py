@@ -10,6 +10,7 @@ import tenacity
 
 from uow._attempt import Attempt, JoinedAttempt, joined_unit
 from uow._blockform import check_block_form
+from uow._budget import RetryBudget, budget_for
 from uow._loop import RetryLoop
 from uow._names import check_operation, check_result, operation_name
 from uow._script import run_sync
@@ -38,18 +39,20 @@ class Runner(Generic[U_co]):
     backend: ``Runner(backend, policy=..., hooks=...)``.
     """
 
-    __slots__ = ("_backend", "_settings")
+    __slots__ = ("_backend", "_budget", "_settings")
 
     def __init__(self, backend: Backend[U_co], **options: Unpack[RunnerOptions]) -> None:
         """Run operations on ``backend``; ``options``: see :class:`~uow.RunnerOptions`."""
         self._backend = backend
         self._settings = RunnerSettings.of(options)
+        self._budget = _budget_of(backend, self._settings)
 
     @classmethod
     def _with(cls, backend: Backend[U_co], settings: RunnerSettings) -> Runner[U_co]:
         runner = cls.__new__(cls)
         runner._backend = backend  # noqa: SLF001 -- its own class
         runner._settings = settings  # noqa: SLF001
+        runner._budget = _budget_of(backend, settings)  # noqa: SLF001
         return runner
 
     @property
@@ -61,6 +64,11 @@ class Runner(Generic[U_co]):
     def settings(self) -> RunnerSettings:
         """Every setting of this runner (frozen)."""
         return self._settings
+
+    @property
+    def retry_budget(self) -> RetryBudget | None:
+        """The retry budget this runner shares with the others on its database (``None``: off)."""
+        return self._budget
 
     @property
     def policy(self) -> RetryPolicy:
@@ -124,7 +132,7 @@ class Runner(Generic[U_co]):
         if joined is not None:
             yield JoinedAttempt(joined)
             return
-        loop = RetryLoop(self._settings, self._backend, name)
+        loop = RetryLoop(self._settings, self._backend, name, self._budget)
         attempt: Attempt[U_co] = Attempt(loop, 1, self._checker)
         yield attempt
         error = self._outcome(attempt)
@@ -159,3 +167,10 @@ class Runner(Generic[U_co]):
     def __repr__(self) -> str:
         policy = self._settings.policy
         return f"Runner({self._backend!r}, attempts={policy.attempts}, timeout={policy.timeout})"
+
+
+def _budget_of(backend: object, settings: RunnerSettings) -> RetryBudget | None:
+    policy = settings.policy.retry_budget
+    if policy is None:
+        return None
+    return budget_for(getattr(backend, "database", backend), policy, settings.clock)

@@ -1,0 +1,116 @@
+"""The retry budget: a fleet of operations must not turn an outage into a retry storm.
+
+Each operation's retries are bounded by its own policy; nothing else bounds them
+across operations. When the database is down or overloaded, every worker retries at
+once, and the load on the struggling server is multiplied by the attempts per
+operation. A retry budget (Finagle's ``RetryBudget``, tower's ``Budget``, the AWS
+SDKs' retry quota) caps that: first attempts deposit, retries withdraw, and a retry
+the budget cannot pay is not made. The operation then gives up at once with its own
+error, and :func:`uow.retry_details` says ``Reason.RETRY_BUDGET_EXHAUSTED``.
+
+Accounting, in retries: each first attempt deposits ``ratio`` (0.2: one retry per
+five operations), each retry withdraws 1, and ``min_per_second * ttl`` is a reserve
+that is always there. Deposits and withdrawals count for ``ttl`` seconds, so in a
+sustained outage, once the deposits made before it have expired, at most ``ratio``
+times the first attempts per second plus ``min_per_second`` retries per second are
+made, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from uow._policy import RetryBudgetPolicy
+
+_SLOTS = 20
+
+
+class RetryBudget:
+    """One budget, shared by every operation on a database in this process (thread-safe)."""
+
+    def __init__(self, policy: RetryBudgetPolicy, clock: Callable[[], float]) -> None:
+        """Start with the reserve only."""
+        self.policy = policy
+        self._clock = clock
+        self._slot_seconds = policy.ttl / _SLOTS
+        self._net = [0.0] * _SLOTS
+        self._stamp = [-1] * _SLOTS
+        self._lock = threading.Lock()
+        self.deposits = 0
+        """First attempts counted since the budget was made."""
+        self.withdrawals = 0
+        """Retries it paid for."""
+        self.refusals = 0
+        """Retries it refused."""
+
+    def _slot(self, now: float) -> int:
+        """Return the slot of ``now``, emptied if it last held an expired period."""
+        period = math.floor(now / self._slot_seconds)
+        index = period % _SLOTS
+        if self._stamp[index] != period:
+            self._stamp[index] = period
+            self._net[index] = 0.0
+        return index
+
+    def _balance(self, now: float) -> float:
+        period = math.floor(now / self._slot_seconds)
+        live = sum(
+            net
+            for net, stamp in zip(self._net, self._stamp, strict=True)
+            if period - stamp < _SLOTS
+        )
+        return self.policy.min_per_second * self.policy.ttl + live
+
+    def deposit(self) -> None:
+        """Count one first attempt."""
+        with self._lock:
+            self._net[self._slot(self._clock())] += self.policy.ratio
+            self.deposits += 1
+
+    def withdraw(self) -> bool:
+        """Pay for one retry if the budget allows it; return whether it did."""
+        with self._lock:
+            now = self._clock()
+            if self._balance(now) < 1.0:
+                self.refusals += 1
+                return False
+            self._net[self._slot(now)] -= 1.0
+            self.withdrawals += 1
+            return True
+
+    def balance(self) -> float:
+        """Retries the budget would pay for right now."""
+        with self._lock:
+            return self._balance(self._clock())
+
+    def __repr__(self) -> str:
+        return (
+            f"<RetryBudget balance={self.balance():.1f} deposits={self.deposits} "
+            f"withdrawals={self.withdrawals} refusals={self.refusals}>"
+        )
+
+
+_budgets: weakref.WeakKeyDictionary[object, dict[object, RetryBudget]] = weakref.WeakKeyDictionary()
+_budgets_lock = threading.Lock()
+
+
+def budget_for(
+    database: object, policy: RetryBudgetPolicy, clock: Callable[[], float]
+) -> RetryBudget:
+    """Return the budget of ``database`` for this configuration, shared by its runners."""
+    with _budgets_lock:
+        try:
+            by_policy = _budgets.setdefault(database, {})
+        except TypeError:  # not weakly referenceable: a budget of its own
+            return RetryBudget(policy, clock)
+        key = (policy, clock)
+        budget = by_policy.get(key)
+        if budget is None:
+            budget = by_policy[key] = RetryBudget(policy, clock)
+        return budget
