@@ -109,8 +109,12 @@ def budget_for(
             by_policy = _budgets.setdefault(database, {})
         except TypeError:  # not weakly referenceable: a budget of its own
             return RetryBudget(policy, clock)
-        key = (policy, clock)
-        budget = by_policy.get(key)
+        key: tuple[object, object] = (policy, clock)
+        try:
+            budget = by_policy.get(key)
+        except TypeError:  # an unhashable clock (a fake one, say): known by its identity,
+            key = (policy, id(clock))  # which the budget holding it keeps from reuse
+            budget = by_policy.get(key)
         if budget is None:
             budget = by_policy[key] = RetryBudget(policy, clock)
         return budget

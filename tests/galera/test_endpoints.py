@@ -1,4 +1,4 @@
-"""``adapters.endpoints``: the order of endpoints, their rest, and a dead one skipped."""
+"""``adapters.endpoints`` on the cluster: a dead endpoint is skipped (the rest: tests/unit)."""
 
 from __future__ import annotations
 
@@ -18,45 +18,6 @@ if TYPE_CHECKING:
     from servers.galera import GaleraCluster
 
 pytestmark = [pytest.mark.galera, pytest.mark.filterwarnings("ignore::ResourceWarning")]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_endpoints_parse_every_spelling() -> None:
-    """Host, host:port, (host, port) and Endpoint all give an Endpoint."""
-    given = ["db1", "db2:3307", ("db3", 3308), Endpoint("db4", 3309)]
-    assert Endpoints(given).endpoints == (
-        Endpoint("db1", 3306),
-        Endpoint("db2", 3307),
-        Endpoint("db3", 3308),
-        Endpoint("db4", 3309),
-    )
-    with pytest.raises(ValueError, match="at least one"):
-        Endpoints([])
-    with pytest.raises(ValueError, match="rest"):
-        Endpoints(["db1"], rest=-1)
-
-
-def test_a_failed_endpoint_rests_then_comes_back_first() -> None:
-    """A failed endpoint goes last for ``rest`` seconds, then back to its place."""
-    clock = Clock()
-    endpoints = Endpoints(["a:1", "b:2", "c:3"], rest=10, clock=clock)
-    a, b, c = endpoints.endpoints
-    endpoints.mark_failed(a, "test")
-    assert endpoints.order() == [b, c, a]
-    assert endpoints.resting() == [a]
-    clock.now += 5
-    endpoints.mark_failed(b, "test")
-    assert endpoints.order() == [c, a, b]  # all resting but c; a's rest ends first
-    clock.now += 5.01
-    assert endpoints.order() == [a, c, b]
-    assert endpoints.resting() == [b]
 
 
 def _closed_port() -> int:

@@ -1,4 +1,4 @@
-"""Fixtures of the unit tests: an in-memory runner with retries made instant, a fake clock."""
+"""Fixtures of the unit tests: in-memory runners with retries made instant, a fake clock."""
 
 from __future__ import annotations
 
@@ -6,13 +6,24 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import sqlalchemy.exc as sa_exc
 
 from adapters.memory import InMemoryBackend, InMemoryRepository, InMemoryUnitOfWork
-from uow import RetryPolicy, Runner, _runner
+from uow import RetryPolicy, Runner
 from uow.testing import set_testing
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    import logging
+    from collections.abc import Callable, Iterator
+
+LOGGER = "retrying_uow"
+
+CAPPED = RetryPolicy(attempts=5)
+"""Five attempts for every kind: for tests about giving up after a count.
+
+By default only deadlocks and lock waits have a count; lost connections are retried
+until the time budget is spent, which instant retries never spend.
+"""
 
 
 @dataclass
@@ -46,23 +57,80 @@ class FakeClock:
         self.now += seconds
 
 
+def make_runner(policy: RetryPolicy | None = None, **options: Any) -> Runner[Any]:
+    """A runner on a fresh in-memory store with a ``tasks`` repository."""
+    if policy is not None:
+        options["policy"] = policy
+    return InMemoryUnitOfWork.factory(repositories={"tasks": TaskRepository}, **options)
+
+
+def clocked_runner(
+    clock: FakeClock, policy: RetryPolicy | None = None, **options: Any
+) -> Runner[Any]:
+    """A runner measuring time with ``clock`` and sleeping on it (testing mode must be off)."""
+    return make_runner(policy, clock=clock, sleep=clock.sleep, **options)
+
+
+def backend_of(runner: Any) -> InMemoryBackend:
+    backend = runner.backend
+    assert isinstance(backend, InMemoryBackend)
+    return backend
+
+
+def committed_names(runner: Any) -> list[str]:
+    """Names of the committed tasks, read from the store without running an operation."""
+    return sorted(
+        task.name for task in backend_of(runner).tables.get("TaskRepository", {}).values()
+    )
+
+
+def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == LOGGER and r.levelno == level]
+
+
+def wrapped(
+    orig: Exception, cls: type[sa_exc.DBAPIError] | None = None, *, invalidated: bool = False
+) -> sa_exc.DBAPIError:
+    """Wrap a driver error the way SQLAlchemy does (class named after the driver's)."""
+    if cls is None:
+        cls = getattr(sa_exc, type(orig).__name__)
+    return cls(
+        "UPDATE tasks SET done = %(done)s WHERE id = %(id)s",
+        {"done": 1, "id": 7},
+        orig,
+        connection_invalidated=invalidated,
+    )
+
+
+def create_task(uow: Any, name: str) -> Task:
+    """A domain service: adds one task and returns it."""
+    return uow.tasks.add(Task(name=name))
+
+
+def run_call(runner: Runner[Any], name: str) -> Task:
+    return runner.run(create_task, name)
+
+
+def run_decorated(runner: Runner[Any], name: str) -> Task:
+    return runner.operation(create_task)(name)
+
+
+def run_block(runner: Runner[Any], name: str) -> Task:
+    for attempt in runner.attempts("create_task"):
+        with attempt as unit:
+            task = create_task(unit, name)
+    return task
+
+
+ENTRY_POINTS: list[Callable[[Runner[Any], str], Task]] = [run_call, run_decorated, run_block]
+ENTRY_IDS = ["run", "operation", "attempts"]
+
+
 @pytest.fixture
 def instant() -> Iterator[None]:
     """Testing mode on: the runner's waits are no-ops."""
     with set_testing(True):
         yield
-
-
-def make_runner(policy: RetryPolicy | None = None, **kwargs: Any) -> Runner[Any]:
-    return InMemoryUnitOfWork.factory(
-        repositories={"tasks": TaskRepository}, policy=policy, **kwargs
-    )
-
-
-def backend_of(runner: Runner[Any]) -> InMemoryBackend:
-    backend = runner.backend
-    assert isinstance(backend, InMemoryBackend)
-    return backend
 
 
 @pytest.fixture
@@ -73,11 +141,19 @@ def units() -> Iterator[Runner[Any]]:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """A fake clock; the runner's sleep advances it instead of sleeping.
+def capped() -> Iterator[Runner[Any]]:
+    """As ``units``, with five attempts for every kind (:data:`CAPPED`)."""
+    with set_testing(True):
+        yield make_runner(CAPPED)
 
-    Install it on a runner with ``runner._clock = clock``.
-    """
-    fake = FakeClock()
-    monkeypatch.setattr(_runner, "sleep", fake.sleep)
-    return fake
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock; give it to a runner with :func:`clocked_runner` (``clock=``, ``sleep=``)."""
+    return FakeClock()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The async tests run on asyncio."""
+    return "asyncio"

@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 
-from adapters.memory import InMemoryUnitOfWork, SimulatedError
-from tests.unit.conftest import Task, TaskRepository, backend_of
-from uow import CommitOutcomeUnknown, ErrorKind, EventHandler, Runner, UnitOfWorkClosedError
-
-LOGGER = "retrying_uow"
+from adapters.memory import InMemoryBackend, InMemoryUnitOfWork, SimulatedError
+from tests.unit.conftest import CAPPED, LOGGER, Task, TaskRepository, backend_of
+from uow import AsyncRunner, CommitOutcomeUnknown, EventHandler, Runner, UnitOfWorkClosedError
+from uow.testing import Fault, inject, set_testing
 
 
 @dataclass(frozen=True)
@@ -69,8 +68,8 @@ def test_failed_attempts_events_are_dropped() -> None:
         uow.record_event(TaskCreated(f"attempt {attempt}"))
         uow.tasks.all()
 
-    backend_of(runner).fail(ErrorKind.DISCONNECT, times=2)
-    runner.run(op)
+    with inject(Fault.disconnect(at=1, times=2)):
+        runner.run(op)
     assert published == [TaskCreated("attempt 3")]
 
 
@@ -94,8 +93,7 @@ def test_no_events_when_the_commit_outcome_is_unknown() -> None:
     """A lost COMMIT that cannot be resolved publishes nothing."""
     published: list[object] = []
     runner = runner_with({TaskCreated: [published.append]})
-    backend_of(runner).fail(ErrorKind.DISCONNECT, at="commit", committed=True)
-    with pytest.raises(CommitOutcomeUnknown):
+    with pytest.raises(CommitOutcomeUnknown), inject(Fault.lost_commit(committed=True)):
         runner.run(create_task, "a")
     assert published == []
 
@@ -105,9 +103,10 @@ def test_events_published_when_markers_show_the_commit() -> None:
     """A lost COMMIT resolved as committed publishes the attempt's events once."""
     published: list[object] = []
     runner = runner_with({TaskCreated: [published.append]}, commit_markers=True)
-    backend_of(runner).fail(ErrorKind.DISCONNECT, at="commit", committed=True)
-    runner.run(create_task, "a")
+    with inject(Fault.lost_commit(committed=True)):
+        runner.run(create_task, "a")
     assert published == [TaskCreated("a")]
+    assert backend_of(runner).attempts == 1
 
 
 @pytest.mark.usefixtures("instant")
@@ -211,13 +210,43 @@ def test_unit_of_work_lists_its_recorded_events() -> None:
 def test_exhausted_operation_publishes_nothing() -> None:
     """When every attempt fails, no event of any attempt is published."""
     published: list[object] = []
-    runner = runner_with({TaskCreated: [published.append]})
+    runner = runner_with({TaskCreated: [published.append]}, policy=CAPPED)
 
     def op(uow: Any) -> None:
         uow.record_event(TaskCreated("a"))
         uow.tasks.all()
 
-    backend_of(runner).fail(ErrorKind.DISCONNECT, times=5)
-    with pytest.raises(SimulatedError):
+    with pytest.raises(SimulatedError), inject(Fault.disconnect(at=1, times=5)):
         runner.run(op)
     assert published == []
+    assert backend_of(runner).attempts == 5
+
+
+@pytest.mark.anyio
+async def test_async_runner_awaits_async_handlers_after_the_commit() -> None:
+    """An async runner awaits a handler's coroutine, after the commit, once per event."""
+    published: list[tuple[object, int]] = []
+    backend = InMemoryBackend({"tasks": TaskRepository})
+
+    async def handler(event: object) -> None:
+        published.append((event, backend.commits))
+
+    runner = AsyncRunner(backend, event_handlers={TaskCreated: [handler]})
+    with set_testing(True), inject(Fault.disconnect(at=1)):
+        await runner.run(create_task, "a")
+    assert published == [(TaskCreated("a"), 1)]
+
+
+@pytest.mark.usefixtures("instant")
+def test_events_of_a_joined_runner_share_the_outer_attempt() -> None:
+    """Another runner joining on the same store records into the outer attempt's events."""
+    published: list[object] = []
+    outer_runner = runner_with({TaskCreated: [published.append]})
+    inner_runner: Runner[Any] = Runner(backend_of(outer_runner))  # no handlers of its own
+
+    def outer(uow: Any) -> None:
+        inner_runner.run(create_task, "inner")
+        assert uow.events == (TaskCreated("inner"),)
+
+    outer_runner.run(outer)
+    assert published == [TaskCreated("inner")]

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pymysql
 import pytest
 import sqlalchemy.exc as sa_exc
-from sqlalchemy import create_engine, event
-from sqlalchemy.orm import sessionmaker
 
 from adapters import mysql
-from adapters.sqlalchemy import SqlAlchemyBackend, classify_generic
+from adapters.mysql._errors import KIND_ATTRIBUTE
+from adapters.sqlalchemy import classify_generic
+from tests.unit.conftest import wrapped
 from uow import Classification, ErrorKind
 
-STATEMENT = "UPDATE tasks SET done = %(done)s WHERE id = %(id)s"
-PARAMS = {"done": 1, "id": 7}
 PERMANENT = ErrorKind.PERMANENT
-
-
-def wrapped(
-    orig: Exception, cls: type[sa_exc.DBAPIError] | None = None, *, invalidated: bool = False
-) -> sa_exc.DBAPIError:
-    """Wrap a driver error the way SQLAlchemy does (class named after the driver's)."""
-    if cls is None:
-        cls = getattr(sa_exc, type(orig).__name__)
-    return cls(STATEMENT, PARAMS, orig, connection_invalidated=invalidated)
-
-
 OPERATIONAL = pymysql.err.OperationalError
 
 TABLE: list[tuple[int, str, ErrorKind]] = [
@@ -39,6 +25,8 @@ TABLE: list[tuple[int, str, ErrorKind]] = [
     (2055, "Lost connection to MySQL server at 'reading', system error: 104", ErrorKind.DISCONNECT),
     (4031, "The client was disconnected by the server because of inactivity", ErrorKind.DISCONNECT),
     (1927, "Connection was killed", ErrorKind.DISCONNECT),
+    (5013, "Read error: Connection reset by peer", ErrorKind.DISCONNECT),
+    (5014, "Write error: Broken pipe", ErrorKind.DISCONNECT),
     (2002, "Can't connect to local MySQL server through socket", ErrorKind.UNAVAILABLE),
     (
         2003,
@@ -91,7 +79,7 @@ def test_raw_driver_error(errno: int, message: str, kind: ErrorKind) -> None:
 
 
 def test_table_covers_the_design_examples() -> None:
-    """Every errno named in DESIGN.md's table has the kind the design gives it."""
+    """The errno table is exactly the rows above: every transient errno has its kind."""
     expected = {row[0]: row[2] for row in TABLE if row[2] is not PERMANENT}
     assert dict(mysql.ERRNO_KINDS) == expected
 
@@ -110,6 +98,14 @@ def test_lost_connection_invalidated_by_sqlalchemy() -> None:
     assert mysql.classify(error) == Classification(ErrorKind.DISCONNECT, 2013)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "adapters.mysql.classify no longer reads PyMySQL's '(timed out)': only a read bound the "
+        "adapter set itself is flagged interrupted, so a 2013 '(timed out)' from the user's own "
+        "read_timeout is now a disconnect and is rerun"
+    ),
+)
 @pytest.mark.parametrize("invalidated", [True, False])
 def test_read_timeout_is_interrupted(invalidated: bool) -> None:
     """PyMySQL's 2013 '(timed out)' from read_timeout is interrupted, not a disconnect."""
@@ -117,6 +113,13 @@ def test_read_timeout_is_interrupted(invalidated: bool) -> None:
     expected = Classification(ErrorKind.INTERRUPTED, 2013)
     assert mysql.classify(wrapped(orig, invalidated=invalidated)) == expected
     assert mysql.classify(orig) == expected
+
+
+def test_read_bound_flagged_by_the_adapter_is_interrupted() -> None:
+    """A 2013 the adapter marked as its own read bound firing is interrupted, errno kept."""
+    error = wrapped(OPERATIONAL(2013, "Lost connection to MySQL server during query (timed out)"))
+    setattr(error, KIND_ATTRIBUTE, ErrorKind.INTERRUPTED)
+    assert mysql.classify(error) == Classification(ErrorKind.INTERRUPTED, 2013)
 
 
 def test_timed_out_only_matters_for_disconnects() -> None:
@@ -223,66 +226,6 @@ def test_errno_of_reads_the_original_of_a_wrapped_error() -> None:
     assert mysql.errno_of(OPERATIONAL(2006, "gone")) == 2006
 
 
-# --- engine integration, without connecting ----------------------------------------------
-
-
-def mysql_engine() -> Any:
-    return create_engine("mysql+pymysql://app:secret@127.0.0.1:1/app")
-
-
-def test_failover_errors_are_marked_as_disconnects() -> None:
-    """The handle_error listener marks read-only/failover errors as disconnects, nothing else."""
-    for errno, expected in ((1290, True), (1792, True), (1213, False), (2006, False)):
-        context = SimpleNamespace(original_exception=OPERATIONAL(errno, "x"), is_disconnect=False)
-        mysql._invalidate_on_failover(context)  # type: ignore[arg-type]
-        assert context.is_disconnect is expected, errno
-
-
-def test_install_is_idempotent() -> None:
-    """Installing the failover listener twice registers it once."""
-    engine = mysql_engine()
-    mysql.install(engine)
-    mysql.install(engine)
-    assert event.contains(engine, "handle_error", mysql._invalidate_on_failover)
-    event.remove(engine, "handle_error", mysql._invalidate_on_failover)
-    assert not event.contains(engine, "handle_error", mysql._invalidate_on_failover)
-
-
-def test_mysql_backend_uses_the_mysql_table() -> None:
-    """A SQLAlchemy backend on a MySQL engine classifies by errno and installs the listener."""
-    engine = mysql_engine()
-    backend = SqlAlchemyBackend(engine)
-    assert backend.classify(wrapped(OPERATIONAL(1213, "Deadlock"))).kind is ErrorKind.DEADLOCK
-    assert event.contains(engine, "handle_error", mysql._invalidate_on_failover)
-
-
-def test_other_database_backend_uses_the_generic_rules() -> None:
-    """On SQLite, a MySQL errno means nothing: only SQLAlchemy's disconnect verdict counts."""
-    backend = SqlAlchemyBackend(create_engine("sqlite://"))
-    assert backend.classify(wrapped(OPERATIONAL(1213, "Deadlock"))).kind is PERMANENT
-    invalidated = wrapped(OPERATIONAL(1, "x"), invalidated=True)
-    assert backend.classify(invalidated).kind is ErrorKind.DISCONNECT
-
-
-def test_custom_classifier_is_used() -> None:
-    """A classifier given to the backend replaces the built-in one."""
-    verdict = Classification(ErrorKind.FAILOVER, 42)
-    backend = SqlAlchemyBackend(mysql_engine(), classifier=lambda _error: verdict)
-    assert backend.classify(ValueError()) is verdict
-
-
-def test_sessionmaker_must_be_bound() -> None:
-    """An unbound sessionmaker is a TypeError saying what to do."""
-    with pytest.raises(TypeError, match="bound to an Engine"):
-        SqlAlchemyBackend(sessionmaker())
-
-
-def test_bind_must_be_engine_or_sessionmaker() -> None:
-    """Anything else as bind is a TypeError naming its type."""
-    with pytest.raises(TypeError, match="str"):
-        SqlAlchemyBackend("mysql://app@db/app")  # type: ignore[arg-type]
-
-
 # --- classify_generic ----------------------------------------------------------------------
 
 
@@ -304,47 +247,3 @@ def test_generic_invalidated_connection_is_a_disconnect() -> None:
 def test_generic_everything_else_is_permanent(error: Exception) -> None:
     """classify_generic: anything SQLAlchemy did not invalidate is permanent."""
     assert classify_generic(error) == Classification(PERMANENT)
-
-
-# --- driver connection helpers -------------------------------------------------------------
-
-
-class FakeSocket:
-    def __init__(self) -> None:
-        self.timeouts: list[float | None] = []
-
-    def settimeout(self, seconds: float | None) -> None:
-        self.timeouts.append(seconds)
-
-
-def test_bound_reads_sets_pymysql_read_timeout_and_returns_the_old_one() -> None:
-    """On a PyMySQL connection the read timeout is replaced and the previous one returned."""
-    sock = FakeSocket()
-    connection = SimpleNamespace(_read_timeout=None, _current_timeout=None, _sock=sock)
-    assert mysql.bound_reads(connection, 2.5) is None
-    assert connection._read_timeout == 2.5
-    assert mysql.bound_reads(connection, None) == 2.5
-    assert connection._read_timeout is None
-    assert sock.timeouts == []  # current PyMySQL applies _read_timeout per read
-
-
-def test_bound_reads_on_older_pymysql_sets_the_socket_timeout() -> None:
-    """Older PyMySQL reads the bound only at connect, so the socket's timeout is set too."""
-    sock = FakeSocket()
-    connection = SimpleNamespace(_read_timeout=30.0, _sock=sock)
-    assert mysql.bound_reads(connection, 1.5) == 30.0
-    assert sock.timeouts == [1.5]
-
-
-def test_bound_reads_leaves_other_drivers_alone() -> None:
-    """A connection without PyMySQL's attribute is left unchanged."""
-    connection = SimpleNamespace()
-    assert mysql.bound_reads(connection, 1.0) is None
-    assert vars(connection) == {}
-
-
-def test_thread_id_of_a_connection() -> None:
-    """thread_id() returns the driver's integer id, or None when there is none."""
-    assert mysql.thread_id(SimpleNamespace(thread_id=lambda: 42)) == 42
-    assert mysql.thread_id(SimpleNamespace(thread_id=lambda: "42")) is None
-    assert mysql.thread_id(SimpleNamespace()) is None

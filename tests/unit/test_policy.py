@@ -1,9 +1,8 @@
-"""RetryPolicy: bounded defaults, validation naming the field, environment, backoff."""
+"""RetryPolicy: bounded defaults, validation naming the field, full-jitter backoff."""
 
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 from pydantic import ValidationError
@@ -13,25 +12,21 @@ from uow import ErrorKind, KindPolicy, RetryPolicy
 JITTERS = (0.0, 0.25, 0.5, 0.999_999)
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No RETRYING_UOW_* variable of the developer's shell leaks into these tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("RETRYING_UOW_"):
-            monkeypatch.delenv(name)
-
-
 def error_text(excinfo: pytest.ExceptionInfo[ValidationError]) -> str:
     return str(excinfo.value)
 
 
 def test_defaults_are_bounded() -> None:
-    """The default policy has a finite attempt count and a finite total time budget."""
+    """The default policy has a finite time budget; deadlocks and lock waits a count too."""
     policy = RetryPolicy()
-    assert 1 < policy.attempts <= 10
+    assert policy.attempts is None
     assert 0 < policy.timeout <= 60
     assert math.isfinite(policy.timeout)
     assert policy.wait_initial <= policy.wait_max
+    assert policy.max_attempts(ErrorKind.DEADLOCK) == 5
+    assert policy.max_attempts(ErrorKind.LOCK_WAIT) == 5
+    for kind in (ErrorKind.DISCONNECT, ErrorKind.UNAVAILABLE, ErrorKind.FAILOVER):
+        assert policy.max_attempts(kind) is None, kind
 
 
 def test_defaults_do_not_retry_interrupted_or_permanent() -> None:
@@ -53,13 +48,13 @@ def test_defaults_do_not_retry_interrupted_or_permanent() -> None:
     ("settings", "field"),
     [
         ({"attempts": 0}, "attempts"),
-        ({"attempts": 101}, "attempts"),
+        ({"attempts": 1001}, "attempts"),
         ({"timeout": -1}, "timeout"),
         ({"timeout": 0}, "timeout"),
         ({"wait_initial": -0.1}, "wait_initial"),
         ({"wait_max": 301}, "wait_max"),
         ({"wait_exp_base": 0.5}, "wait_exp_base"),
-        ({"wait_jitter": -1}, "wait_jitter"),
+        ({"wait_jitter": 0.1}, "wait_jitter"),  # removed: the jitter is full, not a setting
         ({"deadlock": {"attempts": 0}}, "deadlock.attempts"),
         ({"disconnect": {"wait_max": -1}}, "disconnect.wait_max"),
     ],
@@ -73,6 +68,37 @@ def test_invalid_value_is_rejected_naming_the_field(
     assert field in error_text(excinfo)
 
 
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"attempts": True}, "attempts"),
+        ({"attempts": False}, "attempts"),
+        ({"timeout": True}, "timeout"),
+        ({"wait_max": False}, "wait_max"),
+        ({"deadlock": {"attempts": True}}, "deadlock.attempts"),
+        ({"lock_wait": {"wait_initial": True}}, "lock_wait.wait_initial"),
+    ],
+)
+def test_booleans_are_refused_where_numbers_are_meant(
+    settings: dict[str, object], field: str
+) -> None:
+    """attempts=True is not 1 attempt: a boolean for a number is a ValidationError naming it."""
+    with pytest.raises(ValidationError) as excinfo:
+        RetryPolicy.model_validate(settings)
+    assert field in error_text(excinfo)
+    assert "not the boolean" in error_text(excinfo)
+
+
+def test_booleans_are_refused_by_the_constructor_and_override() -> None:
+    """The keyword forms refuse booleans too, and so does KindPolicy on its own."""
+    with pytest.raises(ValidationError, match="attempts"):
+        RetryPolicy(attempts=True)
+    with pytest.raises(ValidationError, match="timeout"):
+        RetryPolicy().override(timeout=True)
+    with pytest.raises(ValidationError, match="attempts"):
+        KindPolicy(attempts=True)
+
+
 def test_wait_initial_above_wait_max_is_rejected() -> None:
     """wait_initial larger than wait_max fails and the message names both fields."""
     with pytest.raises(ValidationError) as excinfo:
@@ -82,9 +108,9 @@ def test_wait_initial_above_wait_max_is_rejected() -> None:
 
 
 def test_wait_initial_equal_to_wait_max_is_accepted() -> None:
-    """The bound is inclusive: a constant backoff is a valid policy."""
+    """The bound is inclusive: a constant step is a valid policy."""
     policy = RetryPolicy(wait_initial=1, wait_max=1)
-    assert policy.backoff(ErrorKind.UNAVAILABLE, 3, 0.0) == 1
+    assert policy.backoff(ErrorKind.UNAVAILABLE, 3, 0.5) == 0.5
 
 
 def test_retrying_permanent_errors_is_rejected() -> None:
@@ -115,7 +141,8 @@ def test_policy_is_frozen() -> None:
         policy.attempts = 10  # type: ignore[misc]
     with pytest.raises(ValidationError):
         policy.deadlock.attempts = 10  # type: ignore[misc]
-    assert policy.attempts == 5
+    assert policy.attempts is None
+    assert policy.deadlock.attempts == 5
 
 
 def test_override_returns_a_changed_copy() -> None:
@@ -125,6 +152,7 @@ def test_override_returns_a_changed_copy() -> None:
     assert changed.attempts == 3
     assert changed.timeout == 12
     assert base.attempts == 7
+    assert changed.override(attempts=None).attempts is None
 
 
 def test_override_validates() -> None:
@@ -141,7 +169,7 @@ def test_override_validates() -> None:
 
 
 def test_override_accepts_a_whole_kind_policy() -> None:
-    """override() with a KindPolicy replaces that kind's settings."""
+    """override() with a KindPolicy replaces only what it sets of that kind."""
     policy = RetryPolicy().override(lock_wait=KindPolicy(retry=False))
     assert policy.lock_wait.retry is False
     assert policy.max_attempts(ErrorKind.LOCK_WAIT) == 5
@@ -152,71 +180,8 @@ def test_partial_kind_override_keeps_the_kinds_other_defaults() -> None:
     policy = RetryPolicy().override(interrupted={"attempts": 2}, deadlock={"attempts": 9})
     assert policy.interrupted.retry is False
     assert policy.deadlock.wait_initial == 0.01
+    assert policy.deadlock.attempts == 9
     assert RetryPolicy(interrupted={"attempts": 2}).interrupted.retry is False  # type: ignore[arg-type]
-
-
-def test_from_env_reads_prefixed_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    """RETRYING_UOW_ATTEMPTS and RETRYING_UOW_DEADLOCK__ATTEMPTS set the policy."""
-    monkeypatch.setenv("RETRYING_UOW_ATTEMPTS", "3")
-    monkeypatch.setenv("RETRYING_UOW_TIMEOUT", "7.5")
-    monkeypatch.setenv("RETRYING_UOW_DEADLOCK__ATTEMPTS", "2")
-    policy = RetryPolicy.from_env()
-    assert type(policy) is RetryPolicy
-    assert policy.attempts == 3
-    assert policy.timeout == 7.5
-    assert policy.deadlock.attempts == 2
-    assert policy.max_attempts(ErrorKind.DEADLOCK) == 2
-    assert policy.wait_max == RetryPolicy().wait_max
-
-
-def test_from_env_without_variables_gives_defaults() -> None:
-    """With nothing set, from_env() equals the default policy."""
-    assert RetryPolicy.from_env() == RetryPolicy()
-
-
-def test_from_env_with_another_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A custom prefix reads only its own variables."""
-    monkeypatch.setenv("MYAPP_ATTEMPTS", "2")
-    monkeypatch.setenv("RETRYING_UOW_ATTEMPTS", "9")
-    assert RetryPolicy.from_env(prefix="MYAPP_").attempts == 2
-
-
-def test_from_env_result_is_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A policy read from the environment is as frozen as a constructed one."""
-    monkeypatch.setenv("RETRYING_UOW_ATTEMPTS", "3")
-    policy = RetryPolicy.from_env()
-    with pytest.raises(ValidationError):
-        policy.attempts = 4  # type: ignore[misc]
-
-
-@pytest.mark.parametrize(
-    ("variable", "value", "field"),
-    [
-        ("RETRYING_UOW_ATTEMPTS", "zero", "attempts"),
-        ("RETRYING_UOW_ATTEMPTS", "0", "attempts"),
-        ("RETRYING_UOW_TIMEOUT", "-1", "timeout"),
-        ("RETRYING_UOW_DEADLOCK__ATTEMPTS", "0", "attempts"),
-    ],
-)
-def test_from_env_invalid_value_names_the_field(
-    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, field: str
-) -> None:
-    """An invalid environment value fails with the field's name in the message."""
-    monkeypatch.setenv(variable, value)
-    with pytest.raises(ValidationError) as excinfo:
-        RetryPolicy.from_env()
-    assert field in error_text(excinfo)
-
-
-def test_from_env_partial_kind_setting_keeps_the_kinds_defaults(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """One per-kind variable changes only that field of the kind."""
-    monkeypatch.setenv("RETRYING_UOW_INTERRUPTED__ATTEMPTS", "2")
-    monkeypatch.setenv("RETRYING_UOW_PERMANENT__ATTEMPTS", "1")
-    policy = RetryPolicy.from_env()
-    assert policy.interrupted.retry is False
-    assert policy.interrupted.attempts == 2
 
 
 def test_max_attempts_takes_the_lower_of_policy_and_kind() -> None:
@@ -234,9 +199,9 @@ def test_max_attempts_takes_the_lower_of_policy_and_kind() -> None:
     "policy",
     [
         RetryPolicy(),
-        RetryPolicy(attempts=100, wait_initial=60, wait_max=300, wait_exp_base=10, wait_jitter=60),
-        RetryPolicy(wait_initial=0, wait_max=0, wait_jitter=0),
-        RetryPolicy(wait_max=0.2, wait_jitter=5),
+        RetryPolicy(attempts=100, wait_initial=60, wait_max=300, wait_exp_base=10),
+        RetryPolicy(wait_initial=0, wait_max=0),
+        RetryPolicy(wait_max=0.2),
         RetryPolicy(deadlock=KindPolicy(wait_max=300), disconnect=KindPolicy(wait_initial=0)),
     ],
     ids=["default", "largest", "zero", "small-cap", "kind-caps"],
@@ -244,32 +209,32 @@ def test_max_attempts_takes_the_lower_of_policy_and_kind() -> None:
 def test_backoff_is_bounded_for_every_retry_and_jitter(
     kind: ErrorKind, policy: RetryPolicy
 ) -> None:
-    """0 <= backoff <= the kind's wait_max for every retry number and jitter in [0, 1)."""
+    """0 <= backoff < the kind's wait_max (or 0) for every retry number and jitter in [0, 1)."""
     ceiling = policy.for_kind(kind).wait_max
     ceiling = policy.wait_max if ceiling is None else ceiling
-    for retry_number in range(1, policy.attempts + 1):
+    for retry_number in range(1, 200):
         for jitter in JITTERS:
             wait = policy.backoff(kind, retry_number, jitter)
-            assert 0 <= wait <= ceiling, (retry_number, jitter, wait)
+            assert 0 <= wait <= ceiling * jitter, (retry_number, jitter, wait)
 
 
 @pytest.mark.parametrize("kind", list(ErrorKind))
-def test_backoff_without_jitter_never_decreases(kind: ErrorKind) -> None:
-    """Without jitter the wait grows (or stays at the cap) with each retry."""
+def test_backoff_with_a_fixed_jitter_never_decreases(kind: ErrorKind) -> None:
+    """With the same jitter drawn, the wait grows (or stays at the cap) with each retry."""
     policy = RetryPolicy(attempts=100, wait_initial=0.05, wait_max=30, wait_exp_base=1.7)
-    waits = [policy.backoff(kind, n, 0.0) for n in range(1, 100)]
+    waits = [policy.backoff(kind, n, 0.5) for n in range(1, 100)]
     assert waits == sorted(waits)
-    assert waits[-1] == policy.backoff(kind, 99, 0.0)
 
 
 def test_backoff_follows_the_documented_formula() -> None:
-    """backoff = min(wait_max, wait_initial * base ** (n - 1) + jitter * wait_jitter)."""
-    policy = RetryPolicy(wait_initial=0.1, wait_max=1.0, wait_exp_base=2, wait_jitter=0.2)
+    """backoff = jitter * min(wait_max, wait_initial * base ** (n - 1)) ("full jitter")."""
+    policy = RetryPolicy(wait_initial=0.1, wait_max=1.0, wait_exp_base=2)
     kind = ErrorKind.UNAVAILABLE  # no per-kind waits by default
-    assert policy.backoff(kind, 1, 0.0) == pytest.approx(0.1)
-    assert policy.backoff(kind, 2, 0.0) == pytest.approx(0.2)
-    assert policy.backoff(kind, 3, 0.5) == pytest.approx(0.4 + 0.1)
-    assert policy.backoff(kind, 10, 0.0) == 1.0
+    assert policy.backoff(kind, 1, 0.0) == 0.0
+    assert policy.backoff(kind, 1, 0.5) == pytest.approx(0.05)
+    assert policy.backoff(kind, 3, 0.5) == pytest.approx(0.2)
+    assert policy.backoff(kind, 10, 0.5) == pytest.approx(0.5)
+    assert policy.backoff(kind, 10_000, 0.999_999) == pytest.approx(1.0, rel=1e-5)
 
 
 def test_per_kind_waits_are_used() -> None:
@@ -277,25 +242,22 @@ def test_per_kind_waits_are_used() -> None:
     policy = RetryPolicy(
         wait_initial=0.1,
         wait_max=5,
-        wait_jitter=0,
         deadlock=KindPolicy(wait_initial=0.01, wait_max=0.02),
         failover=KindPolicy(wait_initial=2),
     )
-    assert policy.backoff(ErrorKind.DEADLOCK, 1, 0.0) == pytest.approx(0.01)
-    assert policy.backoff(ErrorKind.DEADLOCK, 5, 0.0) == pytest.approx(0.02)
-    assert policy.backoff(ErrorKind.FAILOVER, 1, 0.0) == pytest.approx(2)
-    assert policy.backoff(ErrorKind.FAILOVER, 3, 0.0) == pytest.approx(5)
-    assert policy.backoff(ErrorKind.UNAVAILABLE, 1, 0.0) == pytest.approx(0.1)
+    assert policy.backoff(ErrorKind.DEADLOCK, 1, 0.5) == pytest.approx(0.005)
+    assert policy.backoff(ErrorKind.DEADLOCK, 5, 0.5) == pytest.approx(0.01)
+    assert policy.backoff(ErrorKind.FAILOVER, 1, 0.5) == pytest.approx(1)
+    assert policy.backoff(ErrorKind.FAILOVER, 3, 0.5) == pytest.approx(2.5)
+    assert policy.backoff(ErrorKind.UNAVAILABLE, 1, 0.5) == pytest.approx(0.05)
 
 
 def test_default_disconnect_retry_starts_short_and_backs_off() -> None:
-    """A lost connection is rerun almost at once, then with growing waits if it keeps failing."""
+    """A lost connection is rerun almost at once, then with growing steps if it keeps failing."""
     policy = RetryPolicy()
-    assert policy.backoff(ErrorKind.DISCONNECT, 1, 0.0) == pytest.approx(0.02)
-    assert policy.backoff(ErrorKind.DISCONNECT, 4, 0.0) == pytest.approx(0.16)
-    assert policy.backoff(ErrorKind.DISCONNECT, 4, 0.5) == pytest.approx(
-        0.16 + 0.5 * policy.wait_jitter
-    )
+    assert policy.backoff(ErrorKind.DISCONNECT, 1, 0.999_999) == pytest.approx(0.02, rel=1e-5)
+    assert policy.backoff(ErrorKind.DISCONNECT, 4, 0.999_999) == pytest.approx(0.16, rel=1e-5)
+    assert policy.backoff(ErrorKind.DISCONNECT, 4, 0.5) == pytest.approx(0.08)
 
 
 def test_kind_policy_object_keeps_the_kinds_other_defaults() -> None:
