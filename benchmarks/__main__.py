@@ -1,4 +1,4 @@
-"""Entry point: ``python -m benchmarks [recovery|connect|memory] [options]``."""
+"""Entry point: ``python -m benchmarks [SUB-COMMAND] [options]``; see ``--help``."""
 
 from benchmarks.cli import main
 

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy
 from sqlalchemy.orm import Session
 
-from adapters.markers import create_commit_marker_table
-from adapters.sqlalchemy import SqlAlchemyUnitOfWork, create_engine
+from adapters.sqlalchemy import SqlAlchemyUnitOfWork, create_commit_marker_table, create_engine
 from benchmarks.model import (
     INSERT_ITEM,
     RAW_INSERT,
@@ -27,9 +26,9 @@ from benchmarks.server import NO_TLS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Self
 
     from sqlalchemy.engine import Engine
-    from typing_extensions import Self
 
     from benchmarks.server import Database
 

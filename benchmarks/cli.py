@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-SUBCOMMANDS = ("recovery", "connect", "memory", "layers")
+SUBCOMMANDS = ("recovery", "connect", "memory", "layers", "network", "storm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,6 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks import memory as module  # noqa: PLC0415
     elif command == "layers":
         from benchmarks import layers as module  # noqa: PLC0415
+    elif command == "network":
+        from benchmarks import network as module  # noqa: PLC0415
+    elif command == "storm":
+        from benchmarks import storm as module  # noqa: PLC0415
     else:
         from benchmarks import run as module  # noqa: PLC0415
     parser = argparse.ArgumentParser(

@@ -11,7 +11,8 @@ import pymysql
 from benchmarks import machine
 from benchmarks.server import Database, server_facts, throwaway_server
 from benchmarks.stats import markdown_table, median, quartiles
-from benchmarks.tls import ReusedContextConnection, shared_context, tls_server
+from benchmarks.storm_runner import connect_preferred_tls
+from benchmarks.tls import shared_context, tls_server
 
 if TYPE_CHECKING:
     import argparse
@@ -37,7 +38,7 @@ def variants(db: Database) -> dict[str, Callable[[], Any]]:
         "default (TLS PREFERRED, context per connect)": lambda: pymysql.connect(**kwargs),
         "ssl_disabled=True": lambda: pymysql.connect(**kwargs, ssl_disabled=True),
         "ssl=shared SSLContext (TLS REQUIRED)": lambda: pymysql.connect(**kwargs, ssl=context),
-        "PREFERRED, context built once": lambda: ReusedContextConnection(**kwargs),
+        "PREFERRED, context built once": lambda: connect_preferred_tls(**kwargs),
     }
 
 

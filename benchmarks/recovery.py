@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql
 
-from adapters.markers import create_commit_marker_table
-from adapters.sqlalchemy import SqlAlchemyUnitOfWork, create_engine
+from adapters.sqlalchemy import SqlAlchemyUnitOfWork, create_commit_marker_table, create_engine
 from benchmarks import connect, machine
 from benchmarks.model import REPOSITORIES, reset_schema, write_one
 from benchmarks.server import NO_TLS, Database, server_facts, throwaway_server
@@ -76,7 +75,7 @@ def outage_policy(wait_max: float) -> RetryPolicy:
         timeout=30.0,
         wait_initial=min(0.005, wait_max),
         wait_max=wait_max,
-        wait_jitter=0.005,
+        retry_budget=None,
         disconnect=KindPolicy(wait_initial=0.0),
     )
 

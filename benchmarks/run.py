@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import create_engine as sqlalchemy_create_engine
 from sqlalchemy import inspect as sqlalchemy_inspect
 
-from adapters.markers import MARKER_TABLE, markers_table
+from adapters.sqlalchemy import MARKER_TABLE
+from adapters.sqlalchemy import commit_markers_table as markers_table
 from benchmarks import machine
 from benchmarks.cases import CASES, COMPARISONS, MARIADB, STATEMENT_GOALS, Builder, Case
 from benchmarks.counters import COUNTERS, ServerCounters

@@ -1,4 +1,8 @@
-"""PyMySQL's TLS settings, and a throwaway server that offers TLS."""
+"""PyMySQL's TLS settings, and a throwaway server that offers TLS.
+
+PyMySQL's default mode (TLS if the server offers it) with its context built once per
+process is the library's own connection: ``storm_runner.connect_preferred_tls``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,7 @@ import ssl
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import pymysql
+from typing import TYPE_CHECKING
 
 from benchmarks.server import throwaway_server
 
@@ -26,25 +28,6 @@ def shared_context() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
-
-
-class ReusedContextConnection(pymysql.connections.Connection):
-    """PREFERRED mode as PyMySQL does it, with the default context built once per process.
-
-    PyMySQL builds ``ssl.create_default_context()`` (loading the system's CA store)
-    on every connect when no TLS option is given, even if the server offers no TLS.
-    The context it builds for ``{}`` is always the same, so one can be shared.
-    """
-
-    _preferred: ssl.SSLContext | None = None
-
-    def _create_ssl_ctx(self, sslp: Any) -> ssl.SSLContext:
-        if isinstance(sslp, dict) and not sslp:
-            cls = type(self)
-            if cls._preferred is None:
-                cls._preferred = super()._create_ssl_ctx(sslp)
-            return cls._preferred
-        return super()._create_ssl_ctx(sslp)
 
 
 @contextlib.contextmanager

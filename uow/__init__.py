@@ -2,7 +2,7 @@
 
 Each operation runs in its own short-lived unit of work; on a transient failure
 (lost connection, server restart, deadlock, failover) the whole operation is rerun
-on a fresh connection under a bounded :class:`RetryPolicy`.
+on a fresh connection under a bounded [`RetryPolicy`][uow.RetryPolicy].
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -81,3 +81,14 @@ __all__ = [
     "repository",
     "retry_details",
 ]
+
+
+def _public_module() -> None:
+    """Show public names as this package's (tracebacks, reprs, logs), not a private module's."""
+    for name in __all__:
+        value = globals()[name]
+        if getattr(value, "__module__", "").startswith("uow._"):
+            value.__module__ = __name__
+
+
+_public_module()

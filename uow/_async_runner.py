@@ -39,17 +39,17 @@ P = ParamSpec("P")
 class AsyncRunner(Generic[U_co]):
     """Runs ``async def`` business operations, each in fresh units of work, retrying the whole.
 
-    The same three entry points as :class:`~uow.Runner`: ``await units.run(fn, ...)``,
-    the :meth:`operation` decorator, and ``async for attempt in units.attempts(): async
-    with attempt as uow: ...``. Waits are ``asyncio.sleep``: the event loop is never
-    blocked. A cancelled task (or an ``asyncio.timeout`` around an operation) is never
-    retried: its attempt is rolled back and the cancellation propagates.
+    The same three entry points as [`Runner`][uow.Runner]: ``await units.run(fn, ...)``, the
+    [`operation`][uow.AsyncRunner.operation] decorator, and ``async for attempt in units.attempts():
+    async with attempt as uow: ...``. Waits are ``asyncio.sleep``: the event loop is never blocked.
+    A cancelled task (or an ``asyncio.timeout`` around an operation) is never retried: its attempt
+    is rolled back and the cancellation propagates.
     """
 
     __slots__ = ("_backend", "_budget", "_settings")
 
     def __init__(self, backend: AsyncBackend[U_co], **options: Unpack[AsyncRunnerOptions]) -> None:
-        """Run operations on ``backend``; ``options`` as for :class:`~uow.Runner`."""
+        """Run operations on ``backend``; ``options`` as for [`Runner`][uow.Runner]."""
         self._backend = backend
         self._settings = RunnerSettings.of(options)
         self._budget = _budget_of(backend, self._settings)

@@ -1,7 +1,7 @@
 """One attempt of an operation: a fresh unit of work, committed or rolled back, closed.
 
-The sync :class:`Attempt` and the async :class:`AsyncAttempt` differ only in how they
-drive the shared end-of-attempt script (:func:`uow._lifecycle.finish`).
+The sync [`Attempt`][uow.Attempt] and the async [`AsyncAttempt`][uow.AsyncAttempt] differ only in
+how they drive the shared end-of-attempt script (`uow._lifecycle.finish`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from uow._lifecycle import finish
 from uow._script import run_async, run_sync
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from contextvars import Token
     from types import TracebackType
 
@@ -48,7 +49,7 @@ def joined_unit(backend: Any, settings: RunnerSettings, flavour: Flavour, name: 
 
     Inside a running operation on the same database (same runner, or a runner on the
     same engine or store), the new one joins: no transaction, commit or retry of its
-    own, so attempts never multiply. Anything else raises :class:`~uow.NestingError`,
+    own, so attempts never multiply. Anything else raises [`NestingError`][uow.NestingError],
     unless the runner was declared ``independent``.
     """
     active = active_attempt.get()
@@ -88,6 +89,10 @@ def _current_task() -> object:
         return None
 
 
+def _never() -> bool:
+    return False
+
+
 class _State(enum.Enum):
     NEW = "new"
     ENTERED = "entered"
@@ -121,14 +126,18 @@ class _AttemptCore(Generic[U]):
         unit: U = self._transaction.unit
         return unit
 
-    def _ending(self, error: BaseException | None) -> Script[BaseException | None]:
+    def _ending(
+        self, error: BaseException | None, ran_out: Callable[[], bool] = _never
+    ) -> Script[BaseException | None]:
         # Leave the context first: a verification or a nested commit resolution that
         # runs from here is not part of this attempt any more.
         if self._token is not None:
             active_attempt.reset(self._token)
             self._token = None
         self._state = _State.DONE
-        return finish(self._loop, self.number, self._transaction, error, self._checker)
+        return finish(
+            self._loop, self.number, self._transaction, error, self._checker, ran_out=ran_out
+        )
 
     def outcome(self) -> BaseException | None:
         """Return the error that ended the attempt (``None``: committed); check it was used."""
@@ -176,12 +185,23 @@ class Attempt(_AttemptCore[U]):
 
 
 class AsyncAttempt(_AttemptCore[U]):
-    """One attempt of an async operation: ``async with attempt as uow: ...``."""
+    """One attempt of an async operation: ``async with attempt as uow: ...``.
 
-    __slots__ = ()
+    The attempt runs under ``asyncio.timeout`` until the operation's deadline, so its
+    time budget bounds every wait, with any driver (aiomysql has no read timeout of
+    its own). When the budget runs out, the attempt is rolled back and ends with
+    ``TimeoutError``; if that happened during COMMIT, the outcome is settled as for a
+    lost COMMIT (the server may still commit). Any other cancellation propagates as it is.
+    """
+
+    __slots__ = ("_timer",)
 
     async def __aenter__(self) -> U:
-        return self._open("async")
+        unit: U = self._open("async")
+        remaining = self._loop.deadline - self._loop.settings.clock()
+        self._timer = asyncio.timeout(max(remaining, 0.0))
+        await self._timer.__aenter__()
+        return unit
 
     async def __aexit__(
         self,
@@ -189,7 +209,18 @@ class AsyncAttempt(_AttemptCore[U]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Literal[True]:
-        self._error = await run_async(self._ending(exc))
+        timer = self._timer
+        try:
+            error = await run_async(self._ending(exc, timer.expired))
+        except asyncio.CancelledError as cancelled:  # cut short while cleaning up
+            if not timer.expired():
+                raise
+            error = cancelled
+        finally:
+            await timer.__aexit__(None, None, None)  # takes its cancellation back, if it fired
+        if timer.expired() and isinstance(error, asyncio.CancelledError):
+            error = self._loop.budget_ran_out(self.number, error)
+        self._error = error
         return True  # the loop re-raises it when no retry follows
 
 

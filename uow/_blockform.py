@@ -6,7 +6,7 @@ loop's next iteration. A ``return`` or ``break`` in the loop body would leave th
 loop first: the failure would be lost and the caller would carry on as if the write
 had happened. So before the first attempt, the loop's own source is read (once per
 loop, then cached) and a ``return`` or ``break`` in its body is refused with
-:class:`~uow.BlockFormError`. Without source (an interactive session, ``exec``
+[`BlockFormError`][uow.BlockFormError]. Without source (an interactive session, ``exec``
 of a string), nothing can be checked and nothing is refused.
 """
 

@@ -6,7 +6,12 @@ once, and the load on the struggling server is multiplied by the attempts per
 operation. A retry budget (Finagle's ``RetryBudget``, tower's ``Budget``, the AWS
 SDKs' retry quota) caps that: first attempts deposit, retries withdraw, and a retry
 the budget cannot pay is not made. The operation then gives up at once with its own
-error, and :func:`uow.retry_details` says ``Reason.RETRY_BUDGET_EXHAUSTED``.
+error, and [`uow.retry_details`][uow.retry_details] says ``Reason.RETRY_BUDGET_EXHAUSTED``.
+
+Only the retries of what an outage produces (lost connections, an unreachable or
+failing-over server, interrupted reads) are paid from the budget: deadlocks and lock
+waits are answers of a working server, bounded by their own count of attempts, and a
+hot row under contention must not starve its writers.
 
 Accounting, in retries: each first attempt deposits ``ratio`` (0.2: one retry per
 five operations), each retry withdraws 1, and ``min_per_second * ttl`` is a reserve

@@ -7,11 +7,12 @@ connection. For one that wrote, three sources can tell, tried in this order: the
 adapter's commit marker (a row written in the same transaction, looked up with a
 locking read), the operation's own verification (run in a fresh unit of work), and
 nothing, in which case ``idempotent`` allows a rerun and otherwise
-:class:`~uow.CommitOutcomeUnknown` is raised.
+[`CommitOutcomeUnknown`][uow.CommitOutcomeUnknown] is raised.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -44,13 +45,23 @@ class CommitOutcome:
 
 
 def after_failed_commit(
-    loop: RetryLoop, number: int, transaction: Any, error: BaseException, checker: Checker
+    loop: RetryLoop,
+    number: int,
+    transaction: Any,
+    error: BaseException,
+    checker: Checker,
+    *,
+    ran_out: Callable[[], bool],
 ) -> Script[BaseException | None]:
     """Turn an error raised by COMMIT into the one the loop should see (``None``: committed).
 
-    Runs after the attempt was closed, so the lost connection is back with the pool.
+    Runs after the attempt was closed, so the lost connection is back with the pool. A
+    COMMIT cut short by the operation's own time budget may still commit on the server
+    (a late commit): it is settled like a lost one. Any other cancellation propagates.
     """
-    if not commit_outcome_unknown(loop.classify(error).kind):
+    if ran_out() and isinstance(error, asyncio.CancelledError):
+        error = loop.budget_ran_out(number, error)
+    elif not commit_outcome_unknown(loop.classify(error).kind):
         return error  # the server answered: the transaction did not commit
     if not transaction.wrote:
         return error  # nothing to have committed: a plain lost connection, rerun as such

@@ -47,7 +47,7 @@ async def async_sleep(seconds: float) -> None:
 
 
 class _TestingSwitch:
-    """Returned by :func:`set_testing`; as a context manager it restores the previous state."""
+    """Returned by `set_testing`; as a context manager it restores the previous state."""
 
     def __init__(self, previous: TestingState) -> None:
         self._previous = previous

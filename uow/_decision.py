@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from uow._policy import RetryPolicy
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Why an operation stopped after a failed attempt (``WILL_RETRY`` when it did not).
 
     A str-valued enum: ``details.reason == "attempts exhausted"`` keeps working, and
@@ -30,9 +30,6 @@ class Reason(str, enum.Enum):
     """The process has made too many retries lately (see ``RetryPolicy.retry_budget``)."""
     NESTED = "nested"
     """The operation joined an outer one, which alone decides about reruns."""
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Reading a :class:`~uow.RetryPolicy` from environment variables, with errors that name them."""
+"""Reading a `RetryPolicy` from environment variables, with errors that name them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The library's own errors, all under :class:`UnitOfWorkError`.
+"""The library's own errors, all under [`UnitOfWorkError`][uow.UnitOfWorkError].
 
 Database errors are never wrapped: a caller (and any retry layer above) sees the
 driver's ``OperationalError`` as it was raised. These classes describe only what

@@ -1,10 +1,11 @@
 """Injected faults: a database-agnostic description of where an attempt should fail.
 
-Tests describe faults with :class:`Fault` and arm them with :func:`inject`. The runner
-hands the active injection to the adapters with each attempt
-(:attr:`uow.AttemptInfo.faults`); they ask :meth:`uow.AttemptInfo.fault_at` at every
-statement and at COMMIT, and raise the realistic error of their database for the fault
-due there. Adapters never import this module or ``uow.testing``.
+Tests describe faults with [`Fault`][uow.testing.Fault] and arm them with
+[`inject`][uow.testing.inject]. The runner hands the active injection to the adapters with each
+attempt ([`uow.AttemptInfo.faults`][uow.AttemptInfo.faults]); they ask
+[`uow.AttemptInfo.fault_at`][uow.AttemptInfo.fault_at] at every statement and at COMMIT, and raise
+the realistic error of their database for the fault due there. Adapters never import this module or
+``uow.testing``.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class InjectionPoint:
 
 
 class Injection:
-    """The faults of one :func:`inject` block and what the backends met while it was on."""
+    """The faults of one `inject` block and what the backends met while it was on."""
 
     def __init__(self, faults: Sequence[Fault]) -> None:
         """Arm ``faults``; each strikes the first ``times`` attempts that reach its point."""
@@ -169,10 +170,10 @@ _injection: ContextVar[Injection | None] = ContextVar("retrying_uow_injection", 
 def inject(*faults: Fault, strict: bool = True) -> Iterator[Injection]:
     """Make the backends raise ``faults`` in the operations run inside the block.
 
-    Scoped to the current context (thread or asyncio task); an inner block replaces the
-    outer one's faults until it ends. With ``strict`` (the default), leaving the block
-    normally while a fault never fired raises :class:`AssertionError`: a fault that did
-    not strike proves nothing. Backends learn of it through :attr:`uow.AttemptInfo.faults`.
+    Scoped to the current context (thread or asyncio task); an inner block replaces the outer one's
+    faults until it ends. With ``strict`` (the default), leaving the block normally while a fault
+    never fired raises `AssertionError`: a fault that did not strike proves nothing. Backends learn
+    of it through [`uow.AttemptInfo.faults`][uow.AttemptInfo.faults].
     """
     for given in faults:
         checked: object = given

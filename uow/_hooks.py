@@ -20,7 +20,7 @@ class RetryDetails:
 
     On a scheduled retry ``will_retry`` is true and ``wait`` is the pause before the
     next attempt. On give-up ``will_retry`` is false and ``reason`` says why; the same
-    record is reachable from the raised exception with :func:`uow.retry_details`.
+    record is reachable from the raised exception with [`uow.retry_details`][uow.retry_details].
     """
 
     operation: str
@@ -37,7 +37,7 @@ class RetryDetails:
     """Seconds since the operation's first attempt began."""
     will_retry: bool
     reason: Reason
-    """Why the operation stopped (:attr:`Reason.WILL_RETRY`, ``""``, when it is retried)."""
+    """Why the operation stopped (`Reason.WILL_RETRY`, ``""``, when it is retried)."""
     error: BaseException
     cause: str | None = None
     """The likely cause the adapter named, e.g. "idle 3.4 s in a transaction; ..."."""

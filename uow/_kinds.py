@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 
 
-class ErrorKind(str, enum.Enum):
+class ErrorKind(enum.StrEnum):
     """What a database error means for the operation that saw it.
 
     Adapters map driver errors to a kind (see ``adapters.mysql``); the retry policy
@@ -27,9 +27,6 @@ class ErrorKind(str, enum.Enum):
     """A statement was killed or timed out: it may still run or be the problem itself."""
     PERMANENT = "permanent"
     """Everything else, including every unknown error: never retried."""
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,12 @@
 The order matters and is the same for every adapter, sync or async:
 
 1. An operation that returned, but whose code caught a transient database error, is
-   not committed: that error is raised again (:meth:`RetryLoop.swallowed`).
+   not committed: that error is raised again (`RetryLoop.swallowed`).
 2. ``prepare`` flushes, so every failure before COMMIT is known to roll back and is
    safe to rerun; only an error raised by COMMIT itself can leave the outcome unknown.
 3. After a failure the attempt is rolled back; it is closed in every case.
-4. A failed COMMIT is settled after the close (:func:`uow._commit.after_failed_commit`).
+4. A failed COMMIT is settled after the close (`uow._commit.after_failed_commit`);
+   so is a COMMIT the operation's time budget cut short (``ran_out``, async attempts).
 5. Events recorded by an attempt that committed are published.
 """
 
@@ -19,6 +20,8 @@ from uow._commit import after_failed_commit
 from uow._events import publish
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from uow._commit import Checker
     from uow._loop import RetryLoop
     from uow._script import Script
@@ -30,6 +33,8 @@ def finish(
     transaction: Any,
     error: BaseException | None,
     checker: Checker,
+    *,
+    ran_out: Callable[[], bool],
 ) -> Script[BaseException | None]:
     """End attempt ``number``; return the error the loop should judge, or ``None`` if committed."""
     seen = transaction.errors
@@ -51,7 +56,9 @@ def finish(
     finally:
         yield transaction.close
     if commit_error is not None:
-        error = yield from after_failed_commit(loop, number, transaction, commit_error, checker)
+        error = yield from after_failed_commit(
+            loop, number, transaction, commit_error, checker, ran_out=ran_out
+        )
     if error is None:
         yield from publish(transaction.events, loop.settings.event_handlers, loop.name)
     return error

@@ -2,7 +2,7 @@
 
 The first attempt runs without tenacity; once an attempt has failed, tenacity drives
 the rest through the callbacks below. Both paths conclude a failure with
-:meth:`RetryLoop.conclude`, so the records, logs and decisions are the same.
+`RetryLoop.conclude`, so the records, logs and decisions are the same.
 """
 
 from __future__ import annotations
@@ -27,7 +27,13 @@ if TYPE_CHECKING:
     from uow._settings import RunnerSettings
 
 _DETAILS_ATTRIBUTE = "__retrying_uow_details__"
+_BUDGET_ATTRIBUTE = "__retrying_uow_budget_ran_out__"
 _PERMANENT = Classification(ErrorKind.PERMANENT)
+BUDGETED_KINDS = frozenset(
+    {ErrorKind.DISCONNECT, ErrorKind.UNAVAILABLE, ErrorKind.FAILOVER, ErrorKind.INTERRUPTED}
+)
+"""The kinds whose retries the retry budget pays for: those an outage produces. Deadlocks
+and lock waits are the server's answer, bounded by their own count."""
 _random = random.Random()  # noqa: S311 -- jitter, not cryptography
 
 
@@ -139,11 +145,31 @@ class RetryLoop:
                 return earlier
         return error
 
+    def budget_ran_out(self, number: int, cancelled: BaseException) -> TimeoutError:
+        """Return the error of attempt ``number`` cut short by the operation's time budget."""
+        error = TimeoutError(
+            f"operation {self.name!r}: its time budget of {self.settings.policy.timeout:g} s "
+            f"ran out during attempt {number}"
+        )
+        error.__cause__ = cancelled
+        setattr(error, _BUDGET_ATTRIBUTE, True)
+        return error
+
     def judge(self, number: int, error: BaseException) -> tuple[Classification, Decision]:
         """Classify attempt ``number``'s failure and decide, once per attempt."""
         judged = self._judged
         if judged is not None and judged[0] == number and judged[1] is error:
             return judged[2], judged[3]
+        if getattr(error, _BUDGET_ATTRIBUTE, False):
+            classification = Classification(ErrorKind.INTERRUPTED)
+            decision = Decision(
+                retry=False,
+                wait=0.0,
+                max_attempts=self.settings.policy.max_attempts(ErrorKind.INTERRUPTED),
+                reason=Reason.TIME_BUDGET_EXHAUSTED,
+            )
+            self._judged = (number, error, classification, decision)
+            return classification, decision
         classification = self.classify(error)
         testing = get_testing()
         decision = decide(
@@ -154,7 +180,12 @@ class RetryLoop:
             jitter=_random.random(),
             attempts_cap=testing.attempts if testing.enabled else None,
         )
-        if decision.retry and self.budget is not None and not self.budget.withdraw():
+        if (
+            decision.retry
+            and self.budget is not None
+            and classification.kind in BUDGETED_KINDS
+            and not self.budget.withdraw()
+        ):
             decision = Decision(
                 retry=False,
                 wait=0.0,
@@ -167,9 +198,9 @@ class RetryLoop:
     def conclude(self, number: int, error: BaseException) -> Decision:
         """Decide after attempt ``number`` failed, and tell the world (logs, hooks, the error).
 
-        A scheduled retry is logged at WARNING and handed to the hooks; a give-up is
-        logged at ERROR, handed to the hooks and recorded on the error
-        (:func:`retry_details`); an error that is never retried goes to the hooks only.
+        A scheduled retry is logged at WARNING and handed to the hooks; a give-up is logged at
+        ERROR, handed to the hooks and recorded on the error ([`retry_details`][uow.retry_details]);
+        an error that is never retried goes to the hooks only.
         """
         classification, decision = self.judge(number, error)
         details = RetryDetails(
@@ -223,7 +254,7 @@ class RetryLoop:
 
 
 class _TenacityCallbacks:
-    """tenacity's view of a :class:`RetryLoop`: attempt numbers shifted by the first one."""
+    """tenacity's view of a `RetryLoop`: attempt numbers shifted by the first one."""
 
     __slots__ = ("loop",)
 

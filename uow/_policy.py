@@ -9,7 +9,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from uow._kinds import ErrorKind
 
 ENV_PREFIX = "RETRYING_UOW_"
-"""Prefix of the environment variables read by :meth:`RetryPolicy.from_env`."""
+"""Prefix of the environment variables read by `RetryPolicy.from_env`."""
 
 _MAX_EXPONENT = 64  # beyond it every backoff step is at its ceiling anyway
 
@@ -54,12 +54,13 @@ class KindPolicy(BaseModel):
 
 
 class RetryBudgetPolicy(BaseModel):
-    """How many retries a process may make across its operations (see :mod:`uow._budget`).
+    """How many retries a process may make across its operations after lost connections.
 
-    With the defaults, retries may reach 20% of first attempts plus 10 per second, each
-    counted for 10 s (Finagle's defaults): isolated failures (a restart under ordinary
-    load, a burst of deadlocks) never meet it; a storm of retries against a database
-    that stays down does.
+    With the defaults, such retries may reach 20% of first attempts plus 10 per second
+    (Finagle's defaults), each counted for 30 s (an operation's default time budget):
+    isolated failures (a restart under ordinary load) never meet it; a storm of retries
+    against a database that stays down does. Deadlocks and lock waits keep their own
+    count and are not paid from it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -68,8 +69,10 @@ class RetryBudgetPolicy(BaseModel):
     """Retries allowed per first attempt."""
     min_per_second: Seconds = Field(default=10.0, ge=0, le=100_000)
     """Retries per second allowed whatever the traffic (the reserve)."""
-    ttl: Seconds = Field(default=10.0, ge=1, le=3_600)
-    """Seconds a first attempt's deposit, and a retry's withdrawal, count."""
+    ttl: Seconds = Field(default=30.0, ge=1, le=3_600)
+    """Seconds a first attempt's deposit, and a retry's withdrawal, count (by default the
+    default time budget of an operation: what was deposited before an outage funds the
+    retries of the operations it caught)."""
 
 
 class RetryPolicy(BaseModel):
@@ -83,7 +86,7 @@ class RetryPolicy(BaseModel):
     the time budget is spent. ``attempts`` caps every kind.
 
     The wait before retry number *n* (1 for the first retry) is drawn uniformly
-    ("full jitter", so that clients retrying at once spread out)::
+    ("full jitter", so that clients retrying at once spread out):
 
         uniform(0, min(wait_max, wait_initial * wait_exp_base ** (n - 1)))
 

@@ -65,7 +65,7 @@ class AttemptInfo:
     policy: RetryPolicy = _DEFAULT_POLICY
     """The operation's policy, for adapters that act on its settings (the transaction guard)."""
     faults: Injection | None = None
-    """The faults a test injected (``uow.testing.inject``), or ``None``: see :meth:`fault_at`."""
+    """The faults a test injected (``uow.testing.inject``), or ``None``: see `fault_at`."""
     isolation_level: str | None = None
     """The isolation level the runner asks for (``None``: the connection's own)."""
 
@@ -89,7 +89,7 @@ class _TransactionState(Protocol[U_co]):
 
     @property
     def wrote(self) -> bool:
-        """Whether the attempt has written anything (known after :meth:`prepare`).
+        """Whether the attempt has written anything (known after `prepare`).
 
         A transaction that wrote nothing cannot leave a lost COMMIT ambiguous.
         """
@@ -116,7 +116,8 @@ class Transaction(_TransactionState[U_co], Protocol[U_co]):
     def committed(self, timeout: float) -> bool | None:
         """After a lost COMMIT, tell whether it was applied; ``None`` when it cannot tell.
 
-        Called after :meth:`close`, on a fresh connection, within ``timeout`` seconds.
+        Called after [`close`][uow.Transaction.close], on a fresh connection, within ``timeout``
+        seconds.
         """
 
 
@@ -124,19 +125,19 @@ class AsyncTransaction(_TransactionState[U_co], Protocol[U_co]):
     """One attempt's database transaction, as an async adapter opens it for the runner."""
 
     async def prepare(self) -> None:
-        """As :meth:`Transaction.prepare`."""
+        """As [`Transaction.prepare`][uow.Transaction.prepare]."""
 
     async def commit(self) -> None:
-        """As :meth:`Transaction.commit`."""
+        """As [`Transaction.commit`][uow.Transaction.commit]."""
 
     async def rollback(self) -> None:
-        """As :meth:`Transaction.rollback`."""
+        """As [`Transaction.rollback`][uow.Transaction.rollback]."""
 
     async def close(self) -> None:
-        """As :meth:`Transaction.close`."""
+        """As [`Transaction.close`][uow.Transaction.close]."""
 
-    async def committed(self, timeout: float) -> bool | None:
-        """As :meth:`Transaction.committed`."""
+    async def committed(self, timeout: float) -> bool | None:  # noqa: ASYNC109 -- a bound for the driver's reads
+        """As [`Transaction.committed`][uow.Transaction.committed]."""
 
 
 class _BackendBase(Protocol[U_co]):
@@ -147,8 +148,8 @@ class _BackendBase(Protocol[U_co]):
     def join(self, transaction: Any) -> U_co:
         """Return a unit of work of this backend on another backend's running transaction.
 
-        Called for a nested operation when both backends have the same :attr:`database`;
-        raises :class:`~uow.NestingError` when it cannot share that transaction.
+        Called for a nested operation when both backends have the same `database`;
+        raises [`NestingError`][uow.NestingError] when it cannot share that transaction.
         """
 
     def classify(self, error: BaseException) -> Classification:

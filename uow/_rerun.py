@@ -28,8 +28,8 @@ class RerunFinding:
 
     ``verdict``: ``"safe"`` (same state, result and side effects), ``"unsafe"`` (see
     ``differences``), ``"unresolved"`` (a lost COMMIT raised
-    :class:`~uow.CommitOutcomeUnknown`: the runner refused to guess, which is safe but
-    leaves the decision to the caller), ``"not reached"`` (the fault never fired).
+    [`CommitOutcomeUnknown`][uow.CommitOutcomeUnknown]: the runner refused to guess, which is safe
+    but leaves the decision to the caller), ``"not reached"`` (the fault never fired).
     """
 
     fault: Fault
@@ -46,7 +46,7 @@ class RerunFinding:
 
 @dataclass(frozen=True, slots=True)
 class RerunReport:
-    """The findings of :func:`check_rerun_safety`, one per injected fault."""
+    """The findings of `check_rerun_safety`, one per injected fault."""
 
     operation: str
     statements: int
@@ -64,7 +64,7 @@ class RerunReport:
         return not self.unsafe
 
     def assert_safe(self) -> None:
-        """Raise :class:`AssertionError` listing every unsafe point, if there is one."""
+        """Raise `AssertionError` listing every unsafe point, if there is one."""
         if not self.safe:
             raise AssertionError(str(self))
 
@@ -111,7 +111,7 @@ def check_rerun_safety(
     then applied) at the COMMIT, each time on a fresh start with retries instant.
     Results are compared with ``==`` (or as ``result(value)`` projects them); results
     without an ``__eq__`` of their own, such as ORM entities, only through ``result``.
-    Use :func:`functools.partial` for keyword arguments of the operation.
+    Use `functools.partial` for keyword arguments of the operation.
     """
     name = operation_name(operation)
     commit_faults = (
@@ -168,7 +168,7 @@ def assert_rerun_safe(
     fault: Callable[[int], Fault] = Fault.disconnect,
     at_commit: Sequence[Fault] | None = None,
 ) -> RerunReport:
-    """Run :func:`check_rerun_safety`; raise :class:`AssertionError` listing unsafe points."""
+    """Run `check_rerun_safety`; raise `AssertionError` listing unsafe points."""
     report = check_rerun_safety(
         runner,
         operation,

@@ -33,16 +33,17 @@ P = ParamSpec("P")
 class Runner(Generic[U_co]):
     """Runs business operations, each in fresh units of work, retrying the whole.
 
-    Three entry points share one retry loop: :meth:`run` (a call), :meth:`operation`
-    (a decorator) and :meth:`attempts` (a block form for inline code). Build one with
-    an adapter's ``factory`` (e.g. ``SqlAlchemyUnitOfWork.factory(engine)``), or from a
-    backend: ``Runner(backend, policy=..., hooks=...)``.
+    Three entry points share one retry loop: [`run`][uow.Runner.run] (a call),
+    [`operation`][uow.Runner.operation] (a decorator) and [`attempts`][uow.Runner.attempts] (a block
+    form for inline code). Build one with an adapter's ``factory`` (e.g.
+    ``SqlAlchemyUnitOfWork.factory(engine)``), or from a backend: ``Runner(backend, policy=...,
+    hooks=...)``.
     """
 
     __slots__ = ("_backend", "_budget", "_settings")
 
     def __init__(self, backend: Backend[U_co], **options: Unpack[RunnerOptions]) -> None:
-        """Run operations on ``backend``; ``options``: see :class:`~uow.RunnerOptions`."""
+        """Run operations on ``backend``; ``options``: see [`RunnerOptions`][uow.RunnerOptions]."""
         self._backend = backend
         self._settings = RunnerSettings.of(options)
         self._budget = _budget_of(backend, self._settings)
@@ -86,7 +87,7 @@ class Runner(Generic[U_co]):
         ``verify(uow)``, run in a fresh unit of work, returns whether the operation's
         writes are there (committed: its result is returned; absent: it is rerun);
         otherwise ``idempotent=True`` reruns it; otherwise
-        :class:`~uow.CommitOutcomeUnknown` is raised.
+        [`CommitOutcomeUnknown`][uow.CommitOutcomeUnknown] is raised.
         """
         return Runner._with(self._backend, RunnerSettings.of(options, self._settings))
 
@@ -95,7 +96,7 @@ class Runner(Generic[U_co]):
 
         Each attempt gets a fresh unit of work; the framework commits when ``fn``
         returns and rolls back when it raises. After the last attempt the original
-        exception is raised, with :func:`uow.retry_details` telling how it ended.
+        exception is raised, with [`uow.retry_details`][uow.retry_details] telling how it ended.
         """
         check_operation(fn, "sync")
         for attempt in self._attempts(operation_name(fn), None):
@@ -117,7 +118,7 @@ class Runner(Generic[U_co]):
     def attempts(self, name: str = "attempts") -> Iterator[Attempt[U_co] | JoinedAttempt[U_co]]:
         """Yield attempts for inline code: ``for a in runner.attempts(): with a as uow: ...``.
 
-        ``return`` and ``break`` in the loop are refused (:class:`~uow.BlockFormError`):
+        ``return`` and ``break`` in the loop are refused ([`BlockFormError`][uow.BlockFormError]):
         they would leave it before a failed attempt is rerun. Inside a running operation
         on the same database, yields one attempt that joins it: no transaction of its
         own, no commit, no retry.

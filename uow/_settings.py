@@ -23,7 +23,7 @@ class _CommonOptions(TypedDict, total=False):
     policy: RetryPolicy
     """How often and how long operations are rerun (default: ``RetryPolicy()``)."""
     hooks: Sequence[RetryHook]
-    """Called with a :class:`~uow.RetryDetails` on every failed attempt."""
+    """Called with a [`RetryDetails`][uow.RetryDetails] on every failed attempt."""
     idempotent: bool
     """Rerun after a lost COMMIT even when nothing tells whether it committed."""
     event_handlers: EventHandlers
@@ -39,7 +39,7 @@ class _CommonOptions(TypedDict, total=False):
 
 
 class RunnerOptions(_CommonOptions, total=False):
-    """The settings of a sync :class:`~uow.Runner`, as keyword arguments."""
+    """The settings of a sync [`Runner`][uow.Runner], as keyword arguments."""
 
     verify: Callable[[Any], bool]
     """After a lost COMMIT, run in a fresh unit of work: did the operation's writes land?"""
@@ -48,7 +48,7 @@ class RunnerOptions(_CommonOptions, total=False):
 
 
 class AsyncRunnerOptions(_CommonOptions, total=False):
-    """The settings of an :class:`~uow.AsyncRunner`, as keyword arguments."""
+    """The settings of an [`AsyncRunner`][uow.AsyncRunner], as keyword arguments."""
 
     verify: Callable[[Any], Awaitable[bool]]
     """After a lost COMMIT, awaited in a fresh unit of work: did the writes land?"""

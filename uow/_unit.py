@@ -9,8 +9,7 @@ from uow._errors import UnitOfWorkClosedError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-
-    from typing_extensions import Self
+    from typing import Self
 
     from uow._protocols import AttemptInfo
 
@@ -37,8 +36,6 @@ class AttemptScope:
 
 class repository(Generic[R]):  # noqa: N801 -- used like ``property``
     """Declare a typed repository on a unit-of-work class; built once per attempt on first use.
-
-    ::
 
         class Shop(SqlAlchemyUnitOfWork):
             orders = repository(OrderRepository)   # uow.orders: OrderRepository
@@ -74,9 +71,9 @@ class repository(Generic[R]):  # noqa: N801 -- used like ``property``
 class UnitOfWorkBase:
     """Base of the adapters' units of work: one per attempt, unusable once it ended.
 
-    Repositories are declared on a subclass with :class:`repository` (typed), or given
-    as a mapping of names to factories (built on first use; dynamic, so typed ``Any``).
-    Events recorded with :meth:`record_event` are published by the runner after the
+    Repositories are declared on a subclass with [`repository`][uow.repository] (typed), or given as
+    a mapping of names to factories (built on first use; dynamic, so typed ``Any``). Events recorded
+    with [`record_event`][uow.UnitOfWorkBase.record_event] are published by the runner after the
     attempt commits, and dropped if it does not.
     """
 
@@ -122,7 +119,7 @@ class UnitOfWorkBase:
         self._scope.active = False
 
     def check_active(self) -> None:
-        """Raise :class:`~uow.UnitOfWorkClosedError` once the attempt has ended."""
+        """Raise [`UnitOfWorkClosedError`][uow.UnitOfWorkClosedError] once the attempt has ended."""
         if not self._scope.active:
             attempt = self._scope.attempt
             msg = (

@@ -1,7 +1,7 @@
 """Helpers for the tests of applications built on retrying-uow.
 
 ``set_testing()`` makes retries instant (no backoff sleeps) and can cap attempts, so
-a test suite never waits on a retry policy meant for production::
+a test suite never waits on a retry policy meant for production:
 
     from uow.testing import set_testing
 
@@ -11,9 +11,9 @@ a test suite never waits on a retry policy meant for production::
         ...
 
 ``inject()`` makes the backends fail at chosen points of an attempt (a lost connection
-at statement 2, a deadlock, a lost COMMIT), described by :class:`Fault` whatever the
+at statement 2, a deadlock, a lost COMMIT), described by [`Fault`][uow.testing.Fault] whatever the
 database; ``check_rerun_safety()`` injects a fault at every point of an operation in
-turn and reports where a rerun leaves something different from a clean run::
+turn and reports where a rerun leaves something different from a clean run:
 
     with inject(Fault.disconnect(at=2)) as injection:
         units.run(create_placeholder, "t1")           # attempt 1 fails, attempt 2 commits

@@ -28,8 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
-from adapters.markers import MARKER_TABLE, create_commit_marker_table
-from adapters.sqlalchemy import SqlAlchemyUnitOfWork, create_engine
+from adapters.sqlalchemy import (
+    MARKER_TABLE,
+    SqlAlchemyUnitOfWork,
+    create_commit_marker_table,
+    create_engine,
+)
 from servers.mariadb import MariaDBServer, ensure_mariadb_installed
 from servers.mysql_proxy import (
     AfterCommitReply,

@@ -21,8 +21,14 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
-from adapters.markers import MARKER_TABLE, CommitMarkers, create_commit_marker_table
-from adapters.sqlalchemy import SqlAlchemyUnitOfWork
+from adapters.mysql import SUPPORT
+from adapters.sqlalchemy import (
+    MARKER_TABLE,
+    CommitMarkers,
+    SqlAlchemyUnitOfWork,
+    create_commit_marker_table,
+)
+from adapters.sqlalchemy._state import AttemptState
 from servers.mysql_proxy import (
     AfterCommitReply,
     AtPacket,
@@ -34,6 +40,7 @@ from servers.mysql_proxy import (
     MidResult,
 )
 from uow import (
+    AttemptInfo,
     CommitOutcomeUnknown,
     ErrorKind,
     RetryDetails,
@@ -56,7 +63,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 CR_SERVER_LOST = 2013
 STRATEGIES = ("default", "idempotent", "verify", "markers")
 SEQ_ROWS = 50  # the result set every operation reads: 54 packets, enough for MidResult(10)
-POLICY = RetryPolicy(attempts=3, timeout=10, wait_initial=0.01, wait_max=0.05, wait_jitter=0.01)
+POLICY = RetryPolicy(attempts=3, timeout=10, wait_initial=0.01, wait_max=0.05)
 BUDGET_POLICY = RetryPolicy(timeout=3)
 SLACK = 0.75  # scheduling noise on a loaded two-core machine
 
@@ -408,7 +415,7 @@ class HoldingProxy(FaultProxy):
         for writer in held:
             try:
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
-            except (asyncio.TimeoutError, ConnectionError, OSError):
+            except (TimeoutError, ConnectionError, OSError):
                 writer.transport.abort()
 
 
@@ -521,15 +528,16 @@ def test_blackhole_at_commit_ends_within_budget_and_grace(
     held: list[tuple[int | None, list[tuple[Any, ...]]]] = []
     if strategy == "markers":
         markers = scenario.markers
-        prepare = markers._prepare
+        lookup = markers.lookup
 
-        def spy(connection: Any, origin: Any, wait: int) -> None:
+        def spy(token: str, state: AttemptState, timeout: float) -> bool:
             # What the server holds for the original connection when the lookup starts.
-            thread_id = getattr(origin, "thread_id", None)
+            origin = state.connection
+            thread_id = None if origin is None else origin.server_id
             held.append((thread_id, open_transaction(scenario, thread_id)))
-            prepare(connection, origin, wait)
+            return lookup(token, state, timeout)
 
-        markers._prepare = spy  # type: ignore[method-assign]
+        markers.lookup = spy  # type: ignore[method-assign]
     arm_at_commit(scenario.engine, holding_proxy, Blackhole())
     bound = upper_bound(BUDGET_POLICY, resolution=True)
     error, elapsed = run_bounded(scenario, bound)
@@ -644,6 +652,11 @@ def test_blackhole_during_marker_prune_ends_within_budget(
     assert outcome["elapsed"] <= bound
 
 
+def unknown_origin() -> AttemptState:
+    """The state of an attempt whose transaction never got a connection: no origin known."""
+    return AttemptState(AttemptInfo("lookup", 1, time.monotonic() + 10), SUPPORT)
+
+
 def test_failed_marker_lookup_leaves_the_pooled_connection_as_it_was(
     mariadb: MariaDBServer, database: str, make_engine: Callable[..., Engine]
 ) -> None:
@@ -659,7 +672,8 @@ def test_failed_marker_lookup_leaves_the_pooled_connection_as_it_was(
         with holder.cursor() as cur:
             cur.execute(f"INSERT INTO {MARKER_TABLE} VALUES ('held-token', NOW())")
         with pytest.raises(OperationalError) as caught:
-            CommitMarkers(engine).lookup("held-token", origin=None, timeout=1.0)
+            # No original connection is known: nothing to KILL, only the locking read.
+            CommitMarkers(engine, SUPPORT).lookup("held-token", unknown_origin(), timeout=1.0)
         assert driver_errno(caught.value) == 1205
     finally:
         holder.rollback()

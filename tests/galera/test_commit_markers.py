@@ -18,8 +18,7 @@ import pymysql  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from adapters.endpoints import Endpoints
-from adapters.markers import create_commit_marker_table
-from adapters.sqlalchemy import SqlAlchemyUnitOfWork
+from adapters.sqlalchemy import SqlAlchemyUnitOfWork, create_commit_marker_table
 from servers.mysql_proxy import AfterCommitReply, CutMode, FaultProxy
 from tests.galera.workload import ResolutionCounter, create_schema, place_entry
 from uow import RetryPolicy

@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.galera, pytest.mark.filterwarnings("ignore::ResourceWa
 
 ROWS = (1, 2, 3)
 OPERATIONS = 60
-POLICY = RetryPolicy(attempts=20, timeout=30)
+POLICY = RetryPolicy(attempts=20, timeout=30, deadlock={"attempts": 20})
+"""Conflicts are the point here: deadlocks get 20 attempts, not their own default of 5."""
 DEADLOCK = 1213
 
 

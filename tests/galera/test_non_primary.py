@@ -2,10 +2,10 @@
 
 Such a node answers 1047 (``WSREP has not yet prepared node for application use``) to
 every table read, write, COMMIT and even ROLLBACK, while ``SELECT 1`` and pings still
-pass, so ``pool_pre_ping`` never notices. ``adapters.mysql`` marks 1047 and 1180 as
-disconnects: the pool drops the connection and the rerun opens a new one, which goes
-to a healthy node through HAProxy (its external check fails the node) or through
-``adapters.endpoints`` (the failed endpoint rests).
+pass, so ``pool_pre_ping`` never notices. ``adapters.mysql`` classifies 1047 and 1180 as
+failover and has SQLAlchemy treat them as disconnects: the pool drops the connection and
+the rerun opens a new one, which goes to a healthy node through HAProxy (its external
+check fails the node) or through ``adapters.endpoints`` (the failed endpoint rests).
 """
 
 from __future__ import annotations

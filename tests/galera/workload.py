@@ -20,8 +20,7 @@ from uow import CommitOutcomeUnknown, RetryDetails, retry_details
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from typing_extensions import Self
+    from typing import Self
 
     from servers.galera import GaleraCluster
     from uow import Runner

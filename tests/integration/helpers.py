@@ -123,7 +123,6 @@ FAST_POLICY = RetryPolicy(
     timeout=10,
     wait_initial=0.01,
     wait_max=0.05,
-    wait_jitter=0.01,
     failover=KindPolicy(wait_initial=0.01),
 )
 """Small waits and a bounded budget: transient failures rerun at once, the suite stays fast."""

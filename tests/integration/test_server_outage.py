@@ -37,9 +37,8 @@ def test_operations_survive_server_crash_and_restart(
 ) -> None:
     """Operations started during a kill -9 and restart 1 s later each commit once, in budget."""
     engine = make_engine(private_db.url, pool_size=POOL_SIZE, max_overflow=0)
-    policy = RetryPolicy(
-        attempts=100, timeout=20, wait_initial=0.05, wait_max=0.25, wait_jitter=0.05
-    )
+    # No count: lost connections and refused connects are retried until the budget.
+    policy = RetryPolicy(timeout=20, wait_initial=0.05, wait_max=0.25)
     runner = make_runner(engine, policy, recorder)
     attempts: dict[str, list[int]] = {}
     all_connected = threading.Barrier(POOL_SIZE)
@@ -96,7 +95,8 @@ def test_server_down_longer_than_budget_gives_up_with_2003(
 ) -> None:
     """Server down past timeout=2: raises 2003 within timeout + one backoff step, logs a give-up."""
     engine = make_engine(private_db.url)
-    policy = RetryPolicy(attempts=100, timeout=2, wait_initial=0.1, wait_max=0.4, wait_jitter=0.05)
+    policy = RetryPolicy(timeout=2, wait_initial=0.1, wait_max=0.4)
+    assert policy.max_attempts(ErrorKind.UNAVAILABLE) is None  # only time bounds it
     runner = make_runner(engine, policy, recorder)
     attempts: list[int] = []
 
@@ -124,6 +124,7 @@ def test_server_down_longer_than_budget_gives_up_with_2003(
     assert (details.kind, details.errno) == (ErrorKind.UNAVAILABLE, CR_CONN_HOST_ERROR)
     assert not details.will_retry
     assert details.reason == "time budget exhausted"
+    assert details.max_attempts is None
     assert policy.timeout - policy.wait_max <= elapsed <= policy.timeout + policy.wait_max
     # The stale pooled connection fails first (disconnect); every later attempt cannot connect.
     assert recorder.records[0].kind is ErrorKind.DISCONNECT

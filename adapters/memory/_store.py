@@ -1,55 +1,20 @@
-"""In-memory unit of work and repository: a faithful fake for fast unit tests of domain services.
-
-It follows the same protocols as the SQLAlchemy adapter and behaves as it does
-wherever user code can see it:
-
-- entities added to a repository are pending until a flush (``uow.flush()``, a read
-  through a repository, or the commit), which assigns missing ids, as an
-  auto-increment column does at INSERT;
-- within an attempt a repository returns the same object for the same id;
-- a duplicate id, or a duplicate value of a column listed in ``unique``, raises
-  SQLAlchemy's ``IntegrityError`` at the flush;
-- an attempt works on a private copy: a failed attempt leaves no trace, and objects
-  returned after the commit are detached copies that stay readable.
-
-Faults injected with :func:`uow.testing.inject` strike here too: every repository
-call that reads or flushes is a statement.
-"""
+"""The in-memory store: committed tables, one private working copy per attempt."""
 
 from __future__ import annotations
 
 import copy
 import itertools
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
 
-from uow import (
-    AttemptInfo,
-    AttemptScope,
-    Classification,
-    ErrorKind,
-    NestingError,
-    Runner,
-    RunnerOptions,
-    UnitOfWorkBase,
-)
+from uow import AttemptInfo, AttemptScope, Classification, ErrorKind, NestingError
 
 if TYPE_CHECKING:
-    from typing_extensions import Self, Unpack
-
+    from adapters.memory._units import MemoryUnit, RepositoryBase
     from uow._faults import Point
 
-__all__ = [
-    "DuplicateKey",
-    "InMemoryBackend",
-    "InMemoryRepository",
-    "InMemoryUnitOfWork",
-    "SimulatedError",
-]
-
-T = TypeVar("T")
 RepositoryFactory = Callable[[Any], Any]
 Tables = dict[str, dict[Hashable, Any]]
 
@@ -77,14 +42,18 @@ class InMemoryBackend:
         self,
         repositories: Mapping[str, RepositoryFactory] | None = None,
         *,
-        unit_class: type[InMemoryUnitOfWork] | None = None,
+        unit_class: type[MemoryUnit] | None = None,
         commit_markers: bool = False,
     ) -> None:
         """Register the repositories; ``commit_markers`` lets lost COMMITs be resolved."""
         self.tables: Tables = {}
         self.commit_markers = commit_markers
         self.repositories = dict(repositories or {})
-        self.unit_class = unit_class or InMemoryUnitOfWork
+        if unit_class is None:
+            from adapters.memory._units import InMemoryUnitOfWork  # noqa: PLC0415 -- a cycle
+
+            unit_class = InMemoryUnitOfWork
+        self.unit_class = unit_class
         self.attempts = 0
         self.commits = 0
         self._ids = itertools.count(1)
@@ -98,16 +67,16 @@ class InMemoryBackend:
         """Return a fresh identifier, like an auto-increment column (never reused)."""
         return next(self._ids)
 
-    def begin(self, attempt: AttemptInfo) -> _MemoryTransaction:
+    def begin(self, attempt: AttemptInfo) -> MemoryTransaction:
         """Open an attempt on a private copy of the committed tables."""
         self.attempts += 1
-        work = _Work(self, attempt)
+        work = Work(self, attempt)
         unit = self.unit_class(attempt, self.repositories, scope=AttemptScope(attempt), work=work)
-        return _MemoryTransaction(work, unit)
+        return MemoryTransaction(work, unit)
 
-    def join(self, transaction: object) -> InMemoryUnitOfWork:
+    def join(self, transaction: object) -> MemoryUnit:
         """Return a unit of work of this backend on another runner's attempt on this store."""
-        if not isinstance(transaction, _MemoryTransaction) or transaction.work.backend is not self:
+        if not isinstance(transaction, MemoryTransaction) or transaction.work.backend is not self:
             msg = "an in-memory unit of work can only join an attempt on the same store"
             raise NestingError(msg)
         return self.unit_class(
@@ -127,14 +96,14 @@ class InMemoryBackend:
         return f"InMemoryBackend(tables={sorted(self.tables)})"
 
 
-class _Work:
+class Work:
     """One attempt's working copy, pending changes and what went wrong, shared by joined units."""
 
     def __init__(self, backend: InMemoryBackend, attempt: AttemptInfo) -> None:
         self.backend = backend
         self.attempt = attempt
         self.tables: Tables = copy.deepcopy(backend.tables)
-        self.pending: list[tuple[InMemoryRepository[Any], Any, bool]] = []
+        self.pending: list[tuple[RepositoryBase[Any], Any, bool]] = []
         """(repository, entity, added): added, or removed when ``added`` is false."""
         self.errors: list[BaseException] = []
         self.statements = 0
@@ -184,62 +153,10 @@ class _Work:
         self.flushed = True
 
 
-class InMemoryUnitOfWork(UnitOfWorkBase):
-    """One attempt's unit of work over a private copy of the tables."""
+class MemoryTransaction:
+    """The runner's handle on one attempt's working copy."""
 
-    def __init__(
-        self,
-        attempt: AttemptInfo,
-        repositories: Mapping[str, RepositoryFactory] | None = None,
-        *,
-        scope: AttemptScope | None = None,
-        work: _Work | None = None,
-    ) -> None:
-        """Work on ``work`` (the backend builds it; joined units share it)."""
-        super().__init__(attempt, repositories, scope=scope)
-        if work is None:
-            msg = "in-memory units of work are made by InMemoryBackend.begin()"
-            raise TypeError(msg)
-        self._work = work
-
-    @property
-    def backend(self) -> InMemoryBackend:
-        """The store this unit of work belongs to."""
-        return self._work.backend
-
-    def flush(self) -> None:
-        """Write pending changes to the attempt's copy now: ids are assigned, keys checked."""
-        self.check_active()
-        self._work.flush()
-
-    def table(self, name: str, *, read: bool = True) -> dict[Hashable, Any]:
-        """Return one table of this attempt's copy; a read flushes first and is a statement."""
-        self.check_active()
-        if read:
-            self._work.flush()
-            self._work.statement()
-        return self._work.tables.setdefault(name, {})
-
-    def stage(self, repository: InMemoryRepository[Any], entity: object, *, added: bool) -> None:
-        """Stage an addition or removal until the next flush."""
-        self.check_active()
-        self._work.pending.append((repository, entity, added))
-
-    @classmethod
-    def factory(
-        cls,
-        *,
-        repositories: Mapping[str, RepositoryFactory] | None = None,
-        commit_markers: bool = False,
-        **options: Unpack[RunnerOptions],
-    ) -> Runner[Self]:
-        """Return a runner on a new in-memory store (reach it as ``runner.backend``)."""
-        backend = InMemoryBackend(repositories, unit_class=cls, commit_markers=commit_markers)
-        return Runner(backend, **options)  # type: ignore[arg-type]
-
-
-class _MemoryTransaction:
-    def __init__(self, work: _Work, unit: InMemoryUnitOfWork) -> None:
+    def __init__(self, work: Work, unit: MemoryUnit) -> None:
         self.work = work
         self.unit = unit
         self._applied = False
@@ -289,40 +206,52 @@ def _rows(tables: Tables) -> Tables:
     return {name: rows for name, rows in tables.items() if rows}
 
 
-class InMemoryRepository(Generic[T]):
-    """A repository over one in-memory table, keyed by ``id_attribute``.
 
-    ``add`` stages an entity; the flush (explicit, before a read, or at commit) gives it
-    an id when it has none. ``unique`` names attributes whose values must not repeat.
-    Set ``table_name`` to share a table between repositories.
-    """
 
-    id_attribute: str = "id"
-    table_name: str | None = None
-    unique: tuple[str, ...] = ()
+class AsyncMemoryTransaction:
+    """The async runner's handle: the same transaction, awaited."""
 
-    def __init__(self, uow: InMemoryUnitOfWork) -> None:
-        """Build the repository on one attempt's unit of work."""
-        self._uow = uow
+    def __init__(self, transaction: MemoryTransaction) -> None:
+        self._transaction = transaction
+        self.unit = transaction.unit
 
-    def table(self) -> str:
-        """Return the name of this repository's table."""
-        return self.table_name or type(self).__qualname__
+    @property
+    def events(self) -> Sequence[object]:
+        return self._transaction.events
 
-    def add(self, entity: T) -> T:
-        """Stage a new entity; it gets its id at the next flush."""
-        self._uow.stage(self, entity, added=True)
-        return entity
+    @property
+    def errors(self) -> Sequence[BaseException]:
+        return self._transaction.errors
 
-    def get(self, ident: Any) -> T | None:
-        """Return the entity with this identifier, or ``None`` (flushes first)."""
-        entity: T | None = self._uow.table(self.table()).get(ident)
-        return entity
+    @property
+    def wrote(self) -> bool:
+        return self._transaction.wrote
 
-    def all(self) -> Sequence[T]:
-        """Return every entity, in insertion order (flushes first)."""
-        return list(self._uow.table(self.table()).values())
+    async def prepare(self) -> None:
+        self._transaction.prepare()
 
-    def remove(self, entity: T) -> None:
-        """Stage the deletion of an entity."""
-        self._uow.stage(self, entity, added=False)
+    async def commit(self) -> None:
+        self._transaction.commit()
+
+    async def rollback(self) -> None:
+        self._transaction.rollback()
+
+    async def close(self) -> None:
+        self._transaction.close()
+
+    async def committed(self, timeout: float) -> bool | None:  # noqa: ASYNC109 -- protocol
+        return self._transaction.committed(timeout)
+
+
+class AsyncInMemoryBackend(InMemoryBackend):
+    """The in-memory store for the async runner (``AsyncRunner``)."""
+
+    def begin(self, attempt: AttemptInfo) -> AsyncMemoryTransaction:  # type: ignore[override]
+        """Open an attempt on a private copy of the committed tables."""
+        return AsyncMemoryTransaction(super().begin(attempt))
+
+    def join(self, transaction: object) -> MemoryUnit:
+        """Join another async runner's attempt on this store."""
+        if isinstance(transaction, AsyncMemoryTransaction):
+            transaction = transaction._transaction  # noqa: SLF001 -- its own module
+        return super().join(transaction)
