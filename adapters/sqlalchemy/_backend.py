@@ -172,7 +172,7 @@ class SessionTransaction:
         state: AttemptState,
         markers: CommitMarkers | None,
     ) -> None:
-        """Hold the attempt; until :meth:`close`, new connections are bounded by its deadline."""
+        """Hold the attempt; until `close`, new connections are bounded by its deadline."""
         self.unit = unit
         self.session = session
         self.state = state
@@ -200,7 +200,10 @@ class SessionTransaction:
         session = self.session
         session.flush()
         load_expired(session)
-        if self._markers is not None and self.state.wrote:
+        if not self.state.wrote:
+            return  # nothing to lose at COMMIT
+        self.state.support.before_commit(session, self.state)
+        if self._markers is not None:
             self._token = self._markers.new_token()
             self._markers.write(session.connection(), self._token)
 
@@ -211,9 +214,13 @@ class SessionTransaction:
             self._markers.maybe_prune(self.unit.attempt.deadline)
 
     def committed(self, timeout: float) -> bool | None:
-        if self._markers is None or self._token is None:
+        if self._markers is not None and self._token is not None:
+            return self._markers.lookup(self._token, self.state, timeout)
+        # No marker: the database may still be able to tell (PostgreSQL can).
+        engine = self.session.get_bind()
+        if not isinstance(engine, Engine):
             return None
-        return self._markers.lookup(self._token, self.state, timeout)
+        return self.state.support.outcome(engine, self.state, timeout)
 
     def rollback(self) -> None:
         self.state.owner = True

@@ -1,11 +1,11 @@
 """How a database plugs into the SQLAlchemy adapter: one small interface, one table.
 
-The adapter itself knows nothing of MySQL or PostgreSQL. A database package
-(``adapters.mysql``, ``adapters.postgresql``) provides a :class:`DatabaseSupport`:
-it classifies errors, bounds reads by the attempt's remaining time, reads what
-identifies a connection for a lost-COMMIT lookup, and names the statements that end
-a transaction on that database. Databases without a package of their own (SQLite,
-and any other) get the generic rules of :mod:`adapters.sqlalchemy._generic`.
+The adapter itself knows nothing of MySQL or PostgreSQL. A database package (``adapters.mysql``,
+``adapters.postgresql``) provides a [`DatabaseSupport`][adapters.sqlalchemy.DatabaseSupport]: it
+classifies errors, bounds reads by the attempt's remaining time, reads what identifies a connection
+for a lost-COMMIT lookup (and, where the database can tell, settles a lost COMMIT without a marker),
+and names the statements that end a transaction on that database. Databases without a package of
+their own (SQLite, and any other) get the generic rules of `adapters.sqlalchemy._generic`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Dialect, Engine
+    from sqlalchemy.orm import Session
 
     from adapters.sqlalchemy._state import AttemptState
     from uow import Classification
@@ -57,6 +58,13 @@ class DatabaseSupport(Protocol):
     def bound_reads(self, dialect: Dialect, dbapi_connection: Any, seconds: float) -> Any:
         """Bound every read on an open connection; return an undo callable, or ``None``."""
 
+    def socket_of(self, dialect: Dialect, dbapi_connection: Any) -> int | None:
+        """Return the socket of a connection whose reads cannot be bounded once it is open.
+
+        The adapter's watchdog shuts that socket down when an attempt's deadline passes
+        with a statement in flight. ``None`` when the driver bounds its own reads.
+        """
+
     def begin(self, connection: Connection, state: AttemptState) -> None:
         """At the attempt's BEGIN: read what the lookup of a lost COMMIT needs."""
 
@@ -72,6 +80,21 @@ class DatabaseSupport(Protocol):
     def in_transaction(self, dbapi_connection: Any) -> bool:
         """Tell whether the driver knows a transaction is open (``True`` when it cannot tell)."""
 
+    def before_commit(self, session: Session, state: AttemptState) -> None:
+        """Just before the runner's COMMIT of a transaction that wrote (after the flush).
+
+        Refuse a COMMIT the database would not honour (raise), and read what
+        [`outcome`][adapters.sqlalchemy.DatabaseSupport.outcome] needs to settle a lost COMMIT
+        without a marker. Its connection is ``session.connection()``, for a support that needs one.
+        """
+
+    def outcome(self, engine: Engine, state: AttemptState, seconds: float) -> bool | None:
+        """After a lost COMMIT without a marker: tell whether it was applied.
+
+        ``None`` when the database cannot tell; called on a fresh connection of
+        ``engine`` (if any is needed) within ``seconds``.
+        """
+
     def settle(self, connection: Connection, state: AttemptState, seconds: float) -> None:
         """Before a marker lookup: settle the original transaction, bound the locking read.
 
@@ -80,7 +103,7 @@ class DatabaseSupport(Protocol):
         """
 
     def lean(self, engine: Engine, connect_args: dict[str, Any]) -> None:
-        """Add what :func:`~adapters.sqlalchemy.create_engine` adds for this database."""
+        """Add what [`create_engine`][adapters.sqlalchemy.create_engine] adds for this database."""
 
 
 def support_for(dialect: Dialect) -> DatabaseSupport:

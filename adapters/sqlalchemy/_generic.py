@@ -17,6 +17,7 @@ from uow import Classification, ErrorKind
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Dialect, Engine
+    from sqlalchemy.orm import Session
 
     from adapters.sqlalchemy._state import AttemptState
     from uow.testing import Fault
@@ -43,12 +44,12 @@ def classify_generic(error: BaseException) -> Classification:
 
 
 class GenericSupport:
-    """The :class:`~adapters.sqlalchemy._databases.DatabaseSupport` of SQLite and others."""
+    """The [`DatabaseSupport`][adapters.sqlalchemy.DatabaseSupport] of SQLite and others."""
 
     name = "generic"
 
     def classify(self, error: BaseException) -> Classification:
-        """See :func:`classify_generic`."""
+        """See [`classify_generic`][adapters.sqlalchemy.classify_generic]."""
         return classify_generic(error)
 
     def install(self, engine: Engine) -> None:
@@ -59,6 +60,10 @@ class GenericSupport:
 
     def bound_reads(self, dialect: Dialect, dbapi_connection: Any, seconds: float) -> Any:  # noqa: ARG002
         """Nothing to bound: no driver option is known."""
+        return None
+
+    def socket_of(self, dialect: Dialect, dbapi_connection: Any) -> int | None:  # noqa: ARG002
+        """Nothing to watch: SQLite has no socket, other drivers are unknown."""
         return None
 
     def begin(self, connection: Connection, state: AttemptState) -> None:
@@ -86,6 +91,13 @@ class GenericSupport:
             "connection or a lock wait (database is locked)"
         )
         raise NotImplementedError(msg)
+
+    def before_commit(self, session: Session, state: AttemptState) -> None:
+        """Nothing to check or read."""
+
+    def outcome(self, engine: Engine, state: AttemptState, seconds: float) -> bool | None:  # noqa: ARG002
+        """Nothing can tell: only commit markers or a verification settle a lost COMMIT."""
+        return None
 
     def settle(self, connection: Connection, state: AttemptState, seconds: float) -> None:
         """Nothing to settle: the lookup's locking read waits for the original transaction."""

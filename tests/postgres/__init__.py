@@ -1,0 +1,1 @@
+"""PostgreSQL as a first-class database: classification, bounds, lost COMMITs, failover, chaos."""
