@@ -34,6 +34,8 @@ ERRNO_KINDS: Mapping[int, ErrorKind] = MappingProxyType(
         2055: ErrorKind.DISCONNECT,  # lost connection at a system error
         4031: ErrorKind.DISCONNECT,  # disconnected by the server for inactivity
         1927: ErrorKind.DISCONNECT,  # MariaDB: connection was killed
+        5013: ErrorKind.DISCONNECT,  # MariaDB Connector/C: read error (reset by peer, ...)
+        5014: ErrorKind.DISCONNECT,  # MariaDB Connector/C: write error on a closed socket
         # The server cannot be reached or takes no more connections.
         2002: ErrorKind.UNAVAILABLE,  # can't connect through the socket (MariaDB C: on host)
         2003: ErrorKind.UNAVAILABLE,  # can't connect to server on host
@@ -61,6 +63,11 @@ ERRNO_KINDS: Mapping[int, ErrorKind] = MappingProxyType(
 NOT_AVAILABLE = -1
 """mysql-connector-python's own errno for "MySQL Connection not available": its cursor
 pings first, so every lost connection (idle timeout, KILL, restart) surfaces so."""
+
+CLIENT_TIMEOUT = 3024
+"""MySQL's "maximum statement execution time exceeded", a server error (interrupted), and
+also the number mysql-connector-python gives its own read and connect timeouts, after
+which it has closed the connection (a lost connection, like PyMySQL's 2013)."""
 
 _PERMANENT_CLASSES = (IntegrityError, ProgrammingError, DataError)
 KIND_ATTRIBUTE = "__retrying_uow_kind__"
@@ -109,14 +116,56 @@ def classify(error: BaseException) -> Classification:
     known = getattr(error, KIND_ATTRIBUTE, None)
     if isinstance(known, ErrorKind):
         return Classification(known, errno, cause)
+    inner = _raised_from(error, errno)
+    if inner is not None:
+        found = classify(inner)
+        if found.kind is not ErrorKind.PERMANENT:
+            return Classification(found.kind, found.errno, cause or found.cause)
+    kind = _kind(error, errno)
+    return Classification(kind, errno, None if kind is ErrorKind.PERMANENT else cause)
+
+
+def _kind(error: BaseException, errno: int | None) -> ErrorKind:
+    if errno == CLIENT_TIMEOUT and not _from_server(driver_error(error)):
+        return ErrorKind.DISCONNECT
     kind = ERRNO_KINDS.get(errno) if errno is not None else None
     if kind is not None:
-        return Classification(kind, errno, cause)
+        return kind
     if isinstance(error, _PERMANENT_CLASSES):
-        return Classification(ErrorKind.PERMANENT, errno)
+        return ErrorKind.PERMANENT
     if _lost(error, errno):
-        return Classification(ErrorKind.DISCONNECT, errno, cause)
-    return Classification(ErrorKind.PERMANENT, errno)
+        return ErrorKind.DISCONNECT
+    return ErrorKind.PERMANENT
+
+
+def _from_server(original: BaseException | None) -> bool:
+    """Tell a server's error from one the driver raised itself.
+
+    PEP 249 puts every error reported by the database under ``DatabaseError``; the
+    drivers' own timeouts (mysql-connector-python's ``ReadTimeoutError`` and
+    ``ConnectionTimeoutError``) derive from ``Error`` alone.
+    """
+    return original is not None and any(
+        cls.__name__ == "DatabaseError" for cls in type(original).__mro__
+    )
+
+
+def _raised_from(error: BaseException, errno: int | None) -> BaseException | None:
+    """Return the driver error a driver error without an errno of its own was raised from.
+
+    mysql-connector-python turns whatever fails while it prepares a statement's parameters
+    into ``ProgrammingError("Failed processing pyformat-parameters; ...")`` (errno -1)
+    raised from the original error; on a new connection that includes a lost connection
+    (its first parameters need the session's ``sql_mode``, one more round trip). The
+    original error says what happened.
+    """
+    if errno not in (None, NOT_AVAILABLE):
+        return None
+    original = driver_error(error)
+    inner = None if original is None else original.__cause__
+    if inner is None or inner is original or driver_error(inner) is None:
+        return None
+    return inner
 
 
 def _lost(error: BaseException, errno: int | None) -> bool:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
-from adapters.mysql._drivers import driver
-from adapters.mysql._errors import NOT_AVAILABLE, classify, errno_of
+from adapters.mysql._drivers import driver, in_transaction
+from adapters.mysql._errors import classify, errno_of
 from adapters.mysql._tls import connect_sharing_tls_context
 from adapters.sqlalchemy._databases import Effect, generic_effect
 from adapters.sqlalchemy._guard import idle_cause
@@ -18,6 +18,7 @@ from uow import Classification, ErrorKind
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Dialect, Engine, ExceptionContext
+    from sqlalchemy.orm import Session
 
     from adapters.sqlalchemy._state import AttemptState
     from uow.testing import Fault
@@ -52,6 +53,8 @@ _ALREADY_GONE = frozenset({1094, 1095})  # KILL of a connection that is gone, or
 _CLOCK_SLACK = 2.0  # seconds: Uptime has a 1 s resolution
 _FACTS = "SELECT @@SESSION.wait_timeout, @@hostname, @@port, CONNECTION_ID()"
 _DROPPED = frozenset({ErrorKind.FAILOVER})
+_KNOWN_TO_SQLALCHEMY = frozenset({2006, 2013, 2014, 2045, 2055})
+"""Lost-connection errnos every SQLAlchemy MySQL dialect recognises by itself."""
 
 
 class MySQLSupport:
@@ -60,7 +63,7 @@ class MySQLSupport:
     name = "MySQL/MariaDB"
 
     def classify(self, error: BaseException) -> Classification:
-        """See :func:`adapters.mysql.classify`."""
+        """See [`adapters.mysql.classify`][adapters.mysql.classify]."""
         return classify(error)
 
     def install(self, engine: Engine) -> None:
@@ -78,6 +81,10 @@ class MySQLSupport:
     def bound_reads(self, dialect: Dialect, dbapi_connection: Any, seconds: float) -> Any:
         """Bound reads on an open connection where the driver allows it at run time."""
         return driver(dialect.driver).bound_reads(dbapi_connection, seconds)
+
+    def socket_of(self, dialect: Dialect, dbapi_connection: Any) -> int | None:
+        """Return the socket of mysqlclient and MariaDB Connector/Python, for the watchdog."""
+        return driver(dialect.driver).socket_of(dbapi_connection)
 
     def begin(self, connection: Connection, state: AttemptState) -> None:  # noqa: ARG002 -- protocol
         """Read the connection's server facts once: wait_timeout, which node, its id.
@@ -114,8 +121,12 @@ class MySQLSupport:
         return generic_effect(keyword, statement)
 
     def cause(self, error: BaseException, state: AttemptState | None) -> str | None:
-        """Name why the server closed the connection (2006, 2013)."""
-        if errno_of(error) not in {2006, 2013}:
+        """Name why the connection was lost, whatever the driver's errno for it.
+
+        The same idle timeout is 2006 (PyMySQL, mysqlclient, MariaDB Connector), 2013
+        (asyncmy, aiomysql) or -1 (mysql-connector-python, whose cursor pings first).
+        """
+        if classify(error).kind is not ErrorKind.DISCONNECT:
             return None
         found = idle_cause(state, time.monotonic(), "wait_timeout")
         return found or "the server closed the connection (KILL, crash or restart)"
@@ -131,8 +142,15 @@ class MySQLSupport:
 
     def in_transaction(self, dbapi_connection: Any) -> bool:
         """Whatever the driver can tell."""
-        known: bool = _driver_of(dbapi_connection).in_transaction(dbapi_connection)
-        return known
+        # SQLAlchemy's async adaptation keeps the driver's connection in ``_connection``.
+        return in_transaction(getattr(dbapi_connection, "_connection", dbapi_connection))
+
+    def before_commit(self, session: Session, state: AttemptState) -> None:
+        """Nothing to check or read: a lost COMMIT is settled by markers or a verification."""
+
+    def outcome(self, engine: Engine, state: AttemptState, seconds: float) -> bool | None:  # noqa: ARG002
+        """MySQL cannot tell without a marker."""
+        return None
 
     def settle(self, connection: Connection, state: AttemptState, seconds: float) -> None:
         """End the original transaction if it may still be open; bound and sync the read.
@@ -169,25 +187,21 @@ class MySQLSupport:
             event.listen(engine, "do_connect", connect_sharing_tls_context)
 
 
-def _driver_of(dbapi_connection: Any) -> Any:
-    module = type(dbapi_connection).__module__.split(".")[0]
-    names = {"pymysql": "pymysql", "MySQLdb": "mysqldb", "mysql": "mysqlconnector",
-             "mariadb": "mariadbconnector"}  # fmt: skip
-    return driver(names.get(module, "unknown"))
-
-
 def _invalidate_on_failover(context: ExceptionContext) -> None:
-    """Make SQLAlchemy treat failover errors as disconnects.
+    """Make SQLAlchemy treat failover errors, and lost connections it misses, as disconnects.
 
     A read-only or non-primary server still answers pings, so neither the pool nor
-    ``pool_pre_ping`` would ever drop its connections. mysql-connector-python reports
-    every lost connection as -1 "MySQL Connection not available" (its cursor pings
-    first), which SQLAlchemy does not recognise. Marking both as disconnects lets
-    SQLAlchemy invalidate the connection (and, for a failover, the pool's older ones).
+    ``pool_pre_ping`` would ever drop its connections. Some drivers report a lost
+    connection with a number SQLAlchemy does not know: mysql-connector-python's -1
+    "MySQL Connection not available" (its cursor pings first) and its own read timeout
+    (3024, after which it has closed the connection), MariaDB Connector/C's read and
+    write errors (5013, 5014). Marking them as disconnects lets SQLAlchemy invalidate
+    the connection (and, for a failover, the pool's older ones).
     """
     original = context.original_exception
     kind = classify(original).kind
-    if kind in _DROPPED or (kind is ErrorKind.DISCONNECT and errno_of(original) == NOT_AVAILABLE):
+    lost = kind is ErrorKind.DISCONNECT and errno_of(original) not in _KNOWN_TO_SQLALCHEMY
+    if kind in _DROPPED or lost:
         context.is_disconnect = True
 
 

@@ -1,0 +1,1 @@
+"""The driver matrix: every failure scenario on each of the six MySQL drivers."""
