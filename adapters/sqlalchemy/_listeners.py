@@ -13,6 +13,9 @@ nothing else. For an attempt's connection:
   a transient error is never committed; a lost connection at the attempt's deadline is
   marked as the read bound firing, and the likely cause of a lost connection is named;
 - new connections opened inside an attempt are bounded by its deadline.
+
+Any other connection's statement passes untouched, unless strict mode is on
+(`adapters.sqlalchemy._strict`): then it is refused, naming its call site.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
-from adapters.sqlalchemy import _guard
+from adapters.sqlalchemy import _guard, _strict
 from adapters.sqlalchemy._databases import Effect, first_keyword
 from adapters.sqlalchemy._state import attempt_of_connection, connection_state
+from adapters.sqlalchemy._watchdog import WATCHDOG
 from uow import ErrorKind, TransactionControlError, UnitOfWorkError
 
 if TYPE_CHECKING:
@@ -51,10 +55,11 @@ connect_deadline: ContextVar[float | None] = ContextVar("retrying_uow_deadline",
 
 def install(engine: Engine, support: DatabaseSupport) -> None:
     """Install the attempt listeners on ``engine``'s dialect (once per engine)."""
+    _strict.watch(engine)
     dialect = engine.dialect
     if getattr(dialect, _INSTALLED, False):
         return
-    event.listen(engine, "do_connect", _bounded_connect(support), insert=True)
+    _listen_first(engine, "do_connect", _bounded_connect(support))
     event.listen(engine, "do_execute", _on_execute)
     event.listen(engine, "do_execute_no_params", _on_execute_no_params)
     event.listen(engine, "do_executemany", _on_executemany)
@@ -63,6 +68,20 @@ def install(engine: Engine, support: DatabaseSupport) -> None:
     dialect.do_rollback = _released_rollback(dialect.do_rollback)  # type: ignore[method-assign, assignment]
     setattr(dialect, _INSTALLED, True)
     support.install(engine)
+
+
+def _listen_first(engine: Engine, name: str, listener: Callable[..., Any]) -> None:
+    """Listen before the listeners already there (``insert=True`` is not honoured here).
+
+    The bound of a new connection must be in its parameters before a ``do_connect``
+    listener that connects itself (PyMySQL's shared TLS context, ``Endpoints``) runs.
+    """
+    earlier = list(getattr(engine.dialect.dispatch, name))
+    for found in earlier:
+        event.remove(engine, name, found)
+    event.listen(engine, name, listener)
+    for found in earlier:
+        event.listen(engine, name, found)
 
 
 def begin_attempt(state: AttemptState, connection: Connection) -> None:
@@ -81,6 +100,7 @@ def begin_attempt(state: AttemptState, connection: Connection) -> None:
     state.undo_read_bound = state.support.bound_reads(
         connection.dialect, proxied.dbapi_connection, remaining
     )
+    state.fd = state.support.socket_of(connection.dialect, proxied.dbapi_connection)
     state.support.begin(connection, state)
 
 
@@ -129,15 +149,31 @@ def _before(state: AttemptState, statement: str, context: ExecutionContext) -> N
             "`uow.session.begin_nested()`); run schema changes outside operations"
         )
         raise refusal(state, f"the statement {name}", remedy)
-    _guard.check(state, time.monotonic())
+    now = time.monotonic()
+    _guard.check(state, now)
+    # The bound set at BEGIN would let a read that starts late outlast the deadline.
+    remaining = max(state.attempt.deadline - now, MIN_READ_TIMEOUT)
+    state.support.bound_reads(context.dialect, state.dbapi_connection, remaining)
+
+
+def _watched(state: AttemptState) -> int | None:
+    """Arm the watchdog for a statement of a driver that cannot bound its own reads."""
+    return None if state.fd is None else WATCHDOG.arm(state.fd, state.attempt.deadline)
 
 
 def _on_execute(cursor: Any, statement: str, parameters: Any, context: ExecutionContext) -> bool:
     state = _attempt(context)
     if state is None:
+        if _strict.active:
+            _strict.check(context, statement)
         return False  # not an attempt's connection: SQLAlchemy executes it as usual
     _before(state, statement, context)
-    context.dialect.do_execute(cursor, statement, parameters, context)
+    token = _watched(state)
+    try:
+        context.dialect.do_execute(cursor, statement, parameters, context)
+    finally:
+        if token is not None:
+            WATCHDOG.disarm(token)
     state.last_activity = time.monotonic()
     return True
 
@@ -145,9 +181,16 @@ def _on_execute(cursor: Any, statement: str, parameters: Any, context: Execution
 def _on_execute_no_params(cursor: Any, statement: str, context: ExecutionContext) -> bool:
     state = _attempt(context)
     if state is None:
+        if _strict.active:
+            _strict.check(context, statement)
         return False
     _before(state, statement, context)
-    context.dialect.do_execute_no_params(cursor, statement, context)
+    token = _watched(state)
+    try:
+        context.dialect.do_execute_no_params(cursor, statement, context)
+    finally:
+        if token is not None:
+            WATCHDOG.disarm(token)
     state.last_activity = time.monotonic()
     return True
 
@@ -157,9 +200,16 @@ def _on_executemany(
 ) -> bool:
     state = _attempt(context)
     if state is None:
+        if _strict.active:
+            _strict.check(context, statement)
         return False
     _before(state, statement, context)
-    context.dialect.do_executemany(cursor, statement, parameters, context)
+    token = _watched(state)
+    try:
+        context.dialect.do_executemany(cursor, statement, parameters, context)
+    finally:
+        if token is not None:
+            WATCHDOG.disarm(token)
     state.last_activity = time.monotonic()
     return True
 
@@ -184,13 +234,21 @@ def _owned_commit(dialect: Dialect, original: Callable[[Any], None]) -> Callable
         if not state.owner:
             remedy = "let the runner commit when the operation returns"
             raise refusal(state, "Connection.commit()", remedy)
-        _guard.check(state, time.monotonic())
+        now = time.monotonic()
+        _guard.check(state, now)
         fault = state.attempt.fault_at("commit") if state.attempt.faults is not None else None
         if fault is not None:
             if fault.committed:
                 original(dbapi_connection)  # applied; only the reply is lost
             raise state.support.fault_error(dialect, fault)
-        original(dbapi_connection)
+        remaining = max(state.attempt.deadline - now, MIN_READ_TIMEOUT)
+        state.support.bound_reads(dialect, state.dbapi_connection, remaining)
+        token = _watched(state)
+        try:
+            original(dbapi_connection)
+        finally:
+            if token is not None:
+                WATCHDOG.disarm(token)
         state.release()
 
     return do_commit
@@ -221,6 +279,7 @@ def _on_error(context: ExceptionContext) -> None:
     if state is None:
         return
     state.errors.append(error)
+    _guard.check(state, time.monotonic())  # mysql-connector fails in its ping, before a statement
     lost = state.support.classify(error).kind is ErrorKind.DISCONNECT
     if not (context.is_disconnect or lost):
         return

@@ -9,9 +9,11 @@ still has it) and then looks the token up with a locking read, which waits while
 original transaction is still finishing. Found: the transaction committed. Absent: it
 rolled back and can be rerun.
 
-Create the table once with :func:`create_commit_marker_table`, in a migration with the
-statements of :func:`commit_marker_ddl`, or let Alembic manage it: add
-:data:`commit_markers_metadata` to ``target_metadata``.
+Create the table once with
+[`create_commit_marker_table`][adapters.sqlalchemy.create_commit_marker_table], in a migration with
+the statements of [`commit_marker_ddl`][adapters.sqlalchemy.commit_marker_ddl], or let Alembic
+manage it: add [`commit_markers_metadata`][adapters.sqlalchemy.commit_markers_metadata] to
+``target_metadata``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from adapters.sqlalchemy._listeners import MIN_READ_TIMEOUT, connect_deadline
+from adapters.sqlalchemy._strict import own
 from uow import ErrorKind
 
 if TYPE_CHECKING:
@@ -73,8 +76,8 @@ logger = logging.getLogger("retrying_uow")
 
 
 def create_commit_marker_table(engine: Engine) -> None:
-    """Create the marker table if it does not exist."""
-    commit_markers_metadata.create_all(engine, tables=[commit_markers_table])
+    """Create the marker table if it does not exist (strict mode lets it through)."""
+    commit_markers_metadata.create_all(own(engine), tables=[commit_markers_table])
 
 
 def commit_marker_ddl(dialect: Dialect) -> list[str]:
@@ -92,7 +95,7 @@ def commit_marker_ddl(dialect: Dialect) -> list[str]:
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 class CommitMarkers:
@@ -107,7 +110,9 @@ class CommitMarkers:
         prune_interval: float = 300.0,
     ) -> None:
         """Markers older than ``retention`` are deleted, at most once per ``prune_interval`` s."""
-        self._engine = engine
+        # The lookups and the pruning run on connections of their own, outside any
+        # attempt: marked as the library's, so that strict mode lets them through.
+        self._engine = own(engine)
         self._support = support
         self._retention = retention
         self._prune_interval = prune_interval

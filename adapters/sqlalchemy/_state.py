@@ -1,7 +1,7 @@
 """The state the adapter keeps: one object per attempt, one per pooled connection.
 
-An attempt's :class:`AttemptState` lives in its Session's ``info`` and, while the
-attempt holds a connection, in that connection's :class:`ConnectionState`. Every
+An attempt's `AttemptState` lives in its Session's ``info`` and, while the
+attempt holds a connection, in that connection's `ConnectionState`. Every
 listener of the adapter reads them through the two accessors below; nothing else
 is kept in ``info`` dictionaries.
 """
@@ -64,6 +64,8 @@ class AttemptState:
     last_activity: float = 0.0
     warned: set[str] = field(default_factory=set)
     undo_read_bound: Callable[[], None] | None = None
+    fd: int | None = None
+    """The socket the watchdog shuts down at the deadline (drivers that cannot bound reads)."""
     origin_alive_at: float = 0.0
     """``time.time()`` when the connection was known alive (its attempt began)."""
     transaction_id: object = None

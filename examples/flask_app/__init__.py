@@ -1,0 +1,1 @@
+"""A Flask-SQLAlchemy shop (orders and stock) whose writes run in units of work: see ``app``."""
