@@ -17,7 +17,8 @@ import tenacity
 from uow._attempt import AsyncAttempt, JoinedAttempt, joined_unit
 from uow._blockform import check_block_form
 from uow._budget import RetryBudget, budget_for
-from uow._loop import RetryLoop
+from uow._decision import Reason
+from uow._loop import RetryBudgetRefused, RetryLoop
 from uow._names import check_operation, check_result, operation_name
 from uow._script import run_async
 from uow._settings import AsyncRunnerOptions, RunnerSettings
@@ -145,14 +146,26 @@ class AsyncRunner(Generic[U_co]):
         decision = loop.conclude(1, error)
         if not decision.retry:
             raise error
-        await loop.pause(decision.wait, sync=False)
-        async for manager in tenacity.AsyncRetrying(**loop.tenacity_options(sync=False)):
-            attempt = AsyncAttempt(loop, manager.retry_state.attempt_number + 1, self._checker)
-            yield attempt
-            error = await self._outcome(attempt)
-            with manager:
-                if error is not None:
-                    raise error
+        try:
+            await loop.pause(decision.wait, sync=False)
+            async for manager in tenacity.AsyncRetrying(**loop.tenacity_options(sync=False)):
+                number = manager.retry_state.attempt_number + 1
+                attempt = AsyncAttempt(loop, number, self._checker)
+                yield attempt
+                error = await self._outcome(attempt)
+                if error is None:
+                    loop.succeeded(number)
+                with manager:
+                    if error is not None:
+                        raise error
+        except RetryBudgetRefused:
+            refused = True
+        else:
+            refused = False
+        if refused:
+            number, error = loop.last_failure()
+            loop.conclude(number, error, stop=Reason.RETRY_BUDGET_EXHAUSTED)
+            raise error
 
     @staticmethod
     async def _outcome(attempt: AsyncAttempt[Any]) -> BaseException | None:

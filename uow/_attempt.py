@@ -215,7 +215,9 @@ class AsyncAttempt(_AttemptCore[U]):
         except asyncio.CancelledError as cancelled:  # cut short while cleaning up
             if not timer.expired():
                 raise
-            error = cancelled
+            # The body's own error stays what it was: only a cancellation of the body, or
+            # of the cleanup after it returned, is the budget running out.
+            error = cancelled if exc is None or isinstance(exc, asyncio.CancelledError) else exc
         finally:
             await timer.__aexit__(None, None, None)  # takes its cancellation back, if it fired
         if timer.expired() and isinstance(error, asyncio.CancelledError):

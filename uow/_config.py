@@ -64,12 +64,26 @@ class _TestingSwitch:
         replace_testing(self._previous)
 
 
-def set_testing(enabled: bool = True, *, attempts: int | None = None) -> _TestingSwitch:  # noqa: FBT001, FBT002 -- mirrors stamina.set_testing(True)
-    """Turn testing mode on or off: no sleeping between attempts, at most ``attempts``."""
+TESTING_ATTEMPTS = 10
+"""Most attempts per operation in testing mode unless ``set_testing`` is told otherwise."""
+
+
+def set_testing(
+    enabled: bool = True,  # noqa: FBT001, FBT002 -- mirrors stamina.set_testing(True)
+    *,
+    attempts: int | None = TESTING_ATTEMPTS,
+) -> _TestingSwitch:
+    """Turn testing mode on or off: no sleeping between attempts, at most ``attempts``.
+
+    The cap matters because waits are skipped: a failure that never goes away (a fault
+    injected for every attempt) would otherwise be retried until the operation's time
+    budget, without a pause. ``attempts=None`` leaves only the policy's own bounds.
+    """
     if attempts is not None and (isinstance(attempts, bool) or attempts < 1):
         msg = f"attempts must be at least 1 or None, got {attempts!r}"
         raise ValueError(msg)
-    return _TestingSwitch(replace_testing(TestingState(enabled=enabled, attempts=attempts)))
+    state = TestingState(enabled=enabled, attempts=attempts if enabled else None)
+    return _TestingSwitch(replace_testing(state))
 
 
 def is_testing() -> bool:

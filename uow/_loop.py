@@ -7,23 +7,28 @@ the rest through the callbacks below. Both paths conclude a failure with
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from uow._config import async_sleep, get_testing, sleep
+from uow import _config as config
+from uow._config import get_testing
 from uow._decision import Decision, Reason, decide
 from uow._errors import UnitOfWorkError
 from uow._faults import current_injection
 from uow._hooks import RetryDetails, emit, qualified_name
 from uow._kinds import Classification, ErrorKind
 from uow._protocols import AttemptInfo
+from uow._script import run_async, run_sync
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import tenacity
 
     from uow._budget import RetryBudget
+    from uow._script import Script
     from uow._settings import RunnerSettings
 
 _DETAILS_ATTRIBUTE = "__retrying_uow_details__"
@@ -35,6 +40,10 @@ BUDGETED_KINDS = frozenset(
 """The kinds whose retries the retry budget pays for: those an outage produces. Deadlocks
 and lock waits are the server's answer, bounded by their own count."""
 _random = random.Random()  # noqa: S311 -- jitter, not cryptography
+
+
+class RetryBudgetRefused(Exception):
+    """The retry budget stayed empty until the operation's time budget would run out."""
 
 
 def retry_details(error: BaseException) -> RetryDetails | None:
@@ -180,22 +189,17 @@ class RetryLoop:
             jitter=_random.random(),
             attempts_cap=testing.attempts if testing.enabled else None,
         )
-        if (
-            decision.retry
-            and self.budget is not None
-            and classification.kind in BUDGETED_KINDS
-            and not self.budget.withdraw()
-        ):
-            decision = Decision(
-                retry=False,
-                wait=0.0,
-                max_attempts=decision.max_attempts,
-                reason=Reason.RETRY_BUDGET_EXHAUSTED,
-            )
         self._judged = (number, error, classification, decision)
         return classification, decision
 
-    def conclude(self, number: int, error: BaseException) -> Decision:
+    def last_failure(self) -> tuple[int, BaseException]:
+        """Return the number and error of the attempt judged last."""
+        assert self._judged is not None  # noqa: S101 -- only asked after a failure
+        return self._judged[0], self._judged[1]
+
+    def conclude(
+        self, number: int, error: BaseException, *, stop: Reason | None = None
+    ) -> Decision:
         """Decide after attempt ``number`` failed, and tell the world (logs, hooks, the error).
 
         A scheduled retry is logged at WARNING and handed to the hooks; a give-up is logged at
@@ -203,6 +207,8 @@ class RetryLoop:
         an error that is never retried goes to the hooks only.
         """
         classification, decision = self.judge(number, error)
+        if stop is not None:  # a retry that was scheduled, then abandoned
+            decision = dataclasses.replace(decision, retry=False, wait=0.0, reason=stop)
         details = RetryDetails(
             operation=self.name,
             attempt=number,
@@ -224,12 +230,53 @@ class RetryLoop:
         return decision
 
     def pause(self, seconds: float, *, sync: bool) -> Any:
-        """Wait before the next attempt: instant in testing mode; awaitable when not ``sync``."""
-        if get_testing().enabled:
-            return None if sync else _instant()
-        if self.settings.sleep is not None:
-            return self.settings.sleep(seconds)
-        return sleep(seconds) if sync else async_sleep(seconds)
+        """Wait before the next attempt, then for the retry budget; awaitable when not ``sync``.
+
+        Raises [`RetryBudgetRefused`][uow._loop.RetryBudgetRefused] when the budget stays
+        empty until the time budget would run out (at once in testing mode, which skips waits).
+        """
+        if sync:
+            return run_sync(self._pausing(seconds, self.settings.sleep or config.sleep))
+        return run_async(self._pausing(seconds, self.settings.sleep or config.async_sleep))
+
+    def _pausing(self, seconds: float, sleep: Callable[[float], Any]) -> Script[None]:
+        """Sleep ``seconds``; while the retry budget cannot pay for the retry, wait on.
+
+        A refused retry is not made, and the operation is not given up either while its
+        time budget lasts: it waits another backoff step and asks again. Giving up at once
+        would have closed-loop workers start new operations at once, and their first
+        attempts (which the budget does not hold back) would hit the struggling server
+        harder than the retries did.
+        """
+        testing = get_testing().enabled
+        if not testing:
+            yield partial(sleep, seconds)
+        judged = self._judged
+        budget = self.budget
+        if budget is None or judged is None or judged[2].kind not in BUDGETED_KINDS:
+            return
+        while not budget.withdraw():
+            # Asking again costs the server nothing: ask often, so that a retry goes out
+            # as soon as the budget can pay for it (at once after a recovery, see refund).
+            poll = budget.poll_interval() * (0.5 + _random.random())
+            if testing or self.elapsed() + poll >= self.settings.policy.timeout:
+                raise RetryBudgetRefused
+            yield partial(sleep, poll)
+
+    def succeeded(self, number: int) -> None:
+        """Attempt ``number`` committed: a retry that worked gives its withdrawal back.
+
+        The budget caps retries that fail (the amplification an outage causes); once the
+        database answers again, the operations still waiting on the budget proceed.
+        """
+        judged = self._judged
+        if (
+            number > 1
+            and self.budget is not None
+            and judged is not None
+            and judged[2].kind in BUDGETED_KINDS
+        ):
+            self.budget.refund()
 
     def tenacity_options(self, *, sync: bool) -> dict[str, Any]:
         """Arguments of tenacity's ``Retrying``/``AsyncRetrying`` for attempts 2 and on.
@@ -290,10 +337,6 @@ class _TenacityCallbacks:
 
     def before_sleep(self, state: tenacity.RetryCallState) -> None:
         self.loop.conclude(*self._failure(state))
-
-
-async def _instant() -> None:
-    """Do nothing: a wait made instant by testing mode."""
 
 
 def _attach(error: BaseException, details: RetryDetails) -> None:

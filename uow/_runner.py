@@ -11,7 +11,8 @@ import tenacity
 from uow._attempt import Attempt, JoinedAttempt, joined_unit
 from uow._blockform import check_block_form
 from uow._budget import RetryBudget, budget_for
-from uow._loop import RetryLoop
+from uow._decision import Reason
+from uow._loop import RetryBudgetRefused, RetryLoop
 from uow._names import check_operation, check_result, operation_name
 from uow._script import run_sync
 from uow._settings import RunnerOptions, RunnerSettings
@@ -142,14 +143,25 @@ class Runner(Generic[U_co]):
         decision = loop.conclude(1, error)
         if not decision.retry:
             raise error
-        loop.pause(decision.wait, sync=True)
-        for manager in tenacity.Retrying(**loop.tenacity_options(sync=True)):
-            attempt = Attempt(loop, manager.retry_state.attempt_number + 1, self._checker)
-            yield attempt
-            error = self._outcome(attempt)
-            with manager:
-                if error is not None:
-                    raise error
+        try:
+            loop.pause(decision.wait, sync=True)
+            for manager in tenacity.Retrying(**loop.tenacity_options(sync=True)):
+                attempt = Attempt(loop, manager.retry_state.attempt_number + 1, self._checker)
+                yield attempt
+                error = self._outcome(attempt)
+                if error is None:
+                    loop.succeeded(attempt.number)
+                with manager:
+                    if error is not None:
+                        raise error
+        except RetryBudgetRefused:
+            refused = True
+        else:
+            refused = False
+        if refused:
+            number, error = loop.last_failure()
+            loop.conclude(number, error, stop=Reason.RETRY_BUDGET_EXHAUSTED)
+            raise error
 
     @staticmethod
     def _outcome(attempt: Attempt[Any]) -> BaseException | None:

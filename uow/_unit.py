@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Never, NoReturn, TypeVar, overload
 
 from uow._errors import UnitOfWorkClosedError
 
@@ -63,7 +63,7 @@ class repository(Generic[R]):  # noqa: N801 -- used like ``property``
             raise TypeError(msg)
         return unit.built(self.name, self.factory)  # type: ignore[no-any-return]
 
-    def __set__(self, unit: object, value: object) -> NoReturn:
+    def __set__(self, unit: object, value: Never) -> NoReturn:
         msg = f"repository {self.name!r} is built by the unit of work; it cannot be replaced"
         raise AttributeError(msg)
 
