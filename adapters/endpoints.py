@@ -7,7 +7,7 @@ resting; an endpoint rests for ``rest`` seconds after
 - a connection to it could not be made (2003, 1040, a timeout, ...), or
 - SQLAlchemy invalidated a connection to it because of an error: a lost connection
   (2006, 2013) or a failover error (1047 "WSREP has not yet prepared node for
-  application use", 1180, read-only), which :mod:`adapters.mysql` marks as a
+  application use", 1180, read-only), which [`adapters.mysql`][adapters.mysql] marks as a
   disconnect precisely so the pool drops such connections.
 
 The same holds when the error comes while a new connection is being set up (SQLAlchemy's
@@ -16,7 +16,7 @@ So when the runner reruns an operation after one of those errors, the rerun's fr
 connection goes to another endpoint instead of sticking to the bad one. When every
 endpoint rests, the one whose rest ends first is tried anyway: never no answer at all.
 
-::
+
 
     engine = create_engine("mysql+pymysql://app:secret@/app")   # host/port come from the list
     Endpoints(["db1:3306", "db2:3306", "db3:3306"]).install(engine)

@@ -4,7 +4,7 @@ The seed incident starts with ``Depends(get_db)``: the request's Session is hand
 background task that downloads for half an hour and then commits on it. Here an
 endpoint receives the runner instead, which holds no session and no connection
 between operations; each write, in the endpoint or in the background task, is one
-short unit of work::
+short unit of work:
 
     def make_units() -> Runner[Imports]:       # runs at startup: no engine at import time
         return Imports.factory(create_engine(os.environ["DATABASE_URL"]))
@@ -15,22 +15,25 @@ short unit of work::
     @app.post("/imports")
     def start_import(source: str, units: Units, background: BackgroundTasks) -> dict[str, int]:
         task = units.run(create_placeholder, source)           # committed before the response
-        in_background(background, units, download_and_record, task.id, source)
+        in_background(background, download_and_record, units, task.id, source)
         return {"id": task.id}
 
-The lifespan builds the runner when the application starts, keeps it on
-``app.state.units``, and disposes of its engine when the application stops. When a
-test overrides :func:`get_units` (``app.dependency_overrides[get_units] = ...``), the
-lifespan builds nothing: the app's tests run on the in-memory adapter without touching
-a database. ``async def`` endpoints take :data:`AsyncUnits`, an
-:class:`~uow.AsyncRunner` built by the same lifespan from an async engine.
+    def download_and_record(units: Runner[Imports], task_id: int, source: str) -> None:
+        data = download(source)                                # thirty minutes, no session held
+        units.run(record_outcome, task_id, len(data))          # one short operation
+
+The lifespan builds the runner when the application starts, keeps it on ``app.state.units``, and
+disposes of its engine when the application stops. When a test overrides
+[`get_units`][adapters.fastapi.get_units] (``app.dependency_overrides[get_units] = ...``), the
+lifespan builds nothing: the app's tests run on the in-memory adapter without touching a database.
+``async def`` endpoints take [`AsyncUnits`][adapters.fastapi.AsyncUnits], an
+[`AsyncRunner`][uow.AsyncRunner] built by the same lifespan from an async engine.
 
 Why this is right on every FastAPI version: a ``yield`` dependency's exit code (the
-``session.close()`` of ``get_db``) has run at different moments. Before 0.106 it ran
-after the background tasks; from 0.106 to 0.117 before them, right after the response
-was sent; from 0.118 on after them again. :func:`get_units` is a plain dependency, and
-the runner holds nothing that needs closing: there is no exit code whose timing could
-matter.
+``session.close()`` of ``get_db``) has run at different moments. Before 0.106 it ran after the
+background tasks; from 0.106 to 0.117 before them, right after the response was sent; from 0.118 on
+after them again. [`get_units`][adapters.fastapi.get_units] is a plain dependency, and the runner
+holds nothing that needs closing: there is no exit code whose timing could matter.
 """
 
 # No "from __future__ import annotations": FastAPI reads these signatures at run time.
@@ -87,7 +90,7 @@ def _runner(connection: HTTPConnection, kind: type) -> Any:
 
 
 def get_units(connection: HTTPConnection) -> Runner[Any]:
-    """Return the application's runner: the dependency behind :data:`Units`.
+    """Return the application's runner: the dependency behind [`Units`][adapters.fastapi.Units].
 
     A plain dependency, not a ``yield`` one: the runner holds no session and no
     connection, so nothing is left to close when the request (or its background
@@ -98,7 +101,7 @@ def get_units(connection: HTTPConnection) -> Runner[Any]:
 
 
 def get_async_units(connection: HTTPConnection) -> AsyncRunner[Any]:
-    """Return the application's async runner: the dependency behind :data:`AsyncUnits`."""
+    """Return the application's async runner: the dependency behind `AsyncUnits`."""
     runner: AsyncRunner[Any] = _runner(connection, AsyncRunner)
     return runner
 
@@ -112,13 +115,13 @@ AsyncUnits = Annotated[AsyncRunner[Any], Depends(get_async_units)]
 class UnitOfWorkLifespan:
     """A FastAPI lifespan that builds a runner at startup and disposes of its engine at shutdown.
 
-    ``make_units`` returns the runner (sync or async); it runs when the application
-    starts, in a worker thread (building an engine may block). At shutdown the
-    runner's backend is disposed of, if it can be (``backend.dispose()``, awaited for
-    an async engine). When :func:`get_units` or :func:`get_async_units` is overridden
-    (``app.dependency_overrides``), nothing is built: tests run without a database.
-    To combine it with a lifespan of your own, enter it there:
-    ``async with lifespan(app): ...``.
+    ``make_units`` returns the runner (sync or async); it runs when the application starts, in a
+    worker thread (building an engine may block). At shutdown the runner's backend is disposed of,
+    if it can be (``backend.dispose()``, awaited for an async engine). When
+    [`get_units`][adapters.fastapi.get_units] or
+    [`get_async_units`][adapters.fastapi.get_async_units] is overridden
+    (``app.dependency_overrides``), nothing is built: tests run without a database. To combine it
+    with a lifespan of your own, enter it there: ``async with lifespan(app): ...``.
     """
 
     def __init__(self, make_units: Callable[[], AnyRunner]) -> None:
@@ -170,23 +173,24 @@ def units_lifespan(make_units: Callable[[], AnyRunner]) -> UnitOfWorkLifespan:
 
 def in_background(
     background: BackgroundTasks,
-    units: AnyRunner,
     fn: Callable[..., Any],
     /,
     *args: Any,
     **kwargs: Any,
 ) -> None:
-    """Run ``fn`` as an operation after the response, as FastAPI's background task.
+    """Run ``fn(*args, **kwargs)`` after the response, as a FastAPI background task.
 
-    An exception escaping a background task reaches the server and makes it drop the
-    client's next request on that keep-alive connection. Here a failure is logged at
-    ERROR with its :func:`~uow.retry_details` instead, and never reaches the server.
+    ``fn`` is the job: typically a slow part that holds no session, then one or more
+    operations (``units.run(...)``); an ``async def`` is awaited. An exception
+    escaping a background task reaches the server, which then drops the client's next
+    request on that keep-alive connection; here a failure is logged at ERROR with its
+    [`retry_details`][uow.retry_details] instead, and never reaches the server.
     """
-    if isinstance(units, AsyncRunner):
+    if inspect.iscoroutinefunction(fn):
 
         async def run_async() -> None:
             try:
-                await units.run(fn, *args, **kwargs)
+                await fn(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 -- logged, see the docstring
                 _log_background_failure(fn, error)
 
@@ -195,7 +199,7 @@ def in_background(
 
     def run() -> None:
         try:
-            units.run(fn, *args, **kwargs)
+            fn(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 -- logged, see the docstring
             _log_background_failure(fn, error)
 
@@ -207,7 +211,7 @@ def _log_background_failure(fn: Callable[..., Any], error: Exception) -> None:
     fields = details.log_fields() if details is not None else {}
     name = getattr(fn, "__qualname__", type(fn).__qualname__)
     logger.error(
-        "background operation %s failed: %s (%s)",
+        "background task %s failed: %s (%s)",
         name,
         type(error).__qualname__,
         "no retry details" if details is None else details.reason.value or "retrying",
@@ -228,7 +232,7 @@ def install_exception_handlers(
       deadlock, failover: attempts or time budget exhausted) answers ``503 Service
       Unavailable`` with ``Retry-After`` (``retry_after`` seconds, by default the
       operation's time budget) and ``{"error": "database_unavailable", "kind": ...}``.
-    - :class:`~uow.CommitOutcomeUnknown` answers ``500`` with
+    - [`CommitOutcomeUnknown`][uow.CommitOutcomeUnknown] answers ``500`` with
       ``{"error": "commit_outcome_unknown", "operation": ...}``: the write may or may
       not have happened, so the client must check before repeating it.
 

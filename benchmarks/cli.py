@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-SUBCOMMANDS = ("recovery", "connect", "memory", "layers", "network", "storm")
+SUBCOMMANDS = ("recovery", "connect", "memory", "layers", "network", "storm", "postgres")
+
+
+class Command(Protocol):
+    """What the module of a sub-command (or of the main table) offers the command line."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args and args[0] in SUBCOMMANDS else None
+    module: Command
     if command == "recovery":
         from benchmarks import recovery as module  # noqa: PLC0415 -- load only what runs
     elif command == "connect":
@@ -27,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks import network as module  # noqa: PLC0415
     elif command == "storm":
         from benchmarks import storm as module  # noqa: PLC0415
+    elif command == "postgres":
+        from benchmarks import postgres as module  # noqa: PLC0415
     else:
         from benchmarks import run as module  # noqa: PLC0415
     parser = argparse.ArgumentParser(

@@ -5,9 +5,9 @@ Each layer adds one thing to the one before, all on the same kind of lean engine
 - ``hand``: ``with Session(engine) as s: s.add(...); s.commit()`` (the baseline);
 - ``session_options``: a session as the unit of work opens it (``expire_on_commit=False``,
   ``close_resets_only=False``) with the explicit flush before COMMIT;
-- ``backend``: the adapter's transaction without the runner (``Backend.begin`` then
-  flush, commit, close): the unit of work, its repositories and the attempt's listeners
-  (bounded reads, transaction guard, the reset ROLLBACK skipped);
+- ``backend``: the adapter's transaction without the runner (``Backend.begin``, then
+  ``prepare`` with its flush, ``commit`` and ``close``): the unit of work, its repositories
+  and the attempt's listeners (bounded reads, transaction guard, the reset ROLLBACK skipped);
 - ``runner``: ``units.run(op)``, the whole unit of work (the retry loop on top).
 """
 
@@ -63,7 +63,7 @@ def layers(make: Callable[[], Engine]) -> dict[str, Callable[[], object]]:
         transaction = backend.begin(AttemptInfo("write_one", 1, time.monotonic() + 30.0))
         try:
             write_one(transaction.unit)
-            transaction.flush()
+            transaction.prepare()
             transaction.commit()
         finally:
             transaction.close()

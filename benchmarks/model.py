@@ -43,7 +43,7 @@ def write_ten(uow: Any) -> None:
 
 
 def read_one(uow: Any, ident: int) -> int:
-    item = uow.items.get(ident)
+    item: Item | None = uow.items.get(ident)
     if item is None:
         raise LookupError(f"no item {ident}")
     return item.qty

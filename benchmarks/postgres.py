@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from adapters.postgresql import settle_lost_commits
-from adapters.sqlalchemy import SqlAlchemyUnitOfWork, create_engine
+from adapters.sqlalchemy import SqlAlchemyUnitOfWork, create_commit_marker_table, create_engine
 from benchmarks.model import REPOSITORIES, SEED_ROWS, Item, read_one, reset_schema, write_one
 from benchmarks.stats import markdown_table, median, ratio_summary
 from servers.postgres import PostgresServer, ensure_postgres_installed
@@ -62,10 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Result:
     name: str
     seconds: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    """Client CPU time per operation (this process only: no server, no waiting)."""
     statements: dict[str, float] = field(default_factory=dict)
 
     def median_us(self) -> float:
         return median(self.seconds) * 1e6
+
+    def cpu_us(self) -> float:
+        return median(self.cpu) * 1e6
 
 
 def hand_write(engine: Engine) -> Op:
@@ -126,12 +131,14 @@ def build(url: str, engines: list[Engine]) -> dict[str, Op]:
     }
 
 
-def _time(op: Op, count: int) -> float:
+def _time(op: Op, count: int) -> tuple[float, float]:
+    """Wall time and client CPU time per operation."""
     gc.collect()
+    cpu = time.process_time()
     start = time.perf_counter()
     for _ in range(count):
         op()
-    return (time.perf_counter() - start) / count
+    return (time.perf_counter() - start) / count, (time.process_time() - cpu) / count
 
 
 def _kind(query: str) -> str:
@@ -183,51 +190,62 @@ def measure(ops: dict[str, Op], rounds: int, count: int, seed: int | None) -> di
         order = list(ops)
         shuffle.shuffle(order)
         for name in order:
-            seconds = _time(ops[name], count)
+            seconds, cpu = _time(ops[name], count)
             if round_number:  # the first round warms pools and caches
                 results[name].seconds.append(seconds)
+                results[name].cpu.append(cpu)
     return results
 
 
 def report(results: dict[str, Result]) -> str:
-    header = ["case", "us/op", "vs", "ratio", "min-max", "IQR", "stmts", *KINDS]
+    header = ["case", "us/op", "cpu us/op", "vs", "ratio", "min-max", "IQR", "stmts", *KINDS]
     rows = []
     for result in results.values():
         counts = result.statements
         stmts = [f"{sum(counts.values()):.2f}", *(f"{counts.get(k, 0):.2f}" for k in KINDS)]
         comparisons = [c for c in COMPARISONS if c[0] == result.name]
+        times = [result.name, f"{result.median_us():.0f}", f"{result.cpu_us():.0f}"]
         if not comparisons:
-            rows.append([result.name, f"{result.median_us():.0f}", "-", "-", "-", "-", *stmts])
+            rows.append([*times, "-", "-", "-", "-", *stmts])
         for case, baseline, _goal, _label in comparisons:
             ratios = _ratios(results, case, baseline)
-            rows.append(
-                [result.name, f"{result.median_us():.0f}", baseline, *ratio_summary(ratios), *stmts]
-            )
+            rows.append([*times, baseline, *ratio_summary(ratios), *stmts])
     return markdown_table(header, rows)
 
 
-def _ratios(results: dict[str, Result], case: str, baseline: str) -> list[float]:
-    mine, theirs = results[case].seconds, results[baseline].seconds
-    return [a / b for a, b in zip(mine, theirs, strict=True)]
+def _ratios(
+    results: dict[str, Result], case: str, baseline: str, *, cpu: bool = False
+) -> list[float]:
+    """Paired per-round ratios of wall time (or client CPU time)."""
+    mine, theirs = results[case], results[baseline]
+    pairs = (
+        zip(mine.cpu, theirs.cpu, strict=True)
+        if cpu
+        else zip(mine.seconds, theirs.seconds, strict=True)
+    )
+    return [a / b for a, b in pairs]
 
 
 def goals(results: dict[str, Result]) -> str:
     lines = ["goals and costs:"]
     for case, baseline, goal, label in COMPARISONS:
         ratio = median(_ratios(results, case, baseline))
-        extra = (results[case].median_us() - results[baseline].median_us()) / 1
+        cpu = median(_ratios(results, case, baseline, cpu=True))
+        extra = results[case].median_us() - results[baseline].median_us()
+        extra_cpu = results[case].cpu_us() - results[baseline].cpu_us()
+        costs = f"{extra:+.0f} us per op, client CPU {cpu:.3f}x ({extra_cpu:+.0f} us)"
         if goal is None:
-            lines.append(f"- {case} {label}: {ratio:.3f}x ({extra:+.0f} us per operation)")
+            lines.append(f"- {case} {label}: {ratio:.3f}x ({costs})")
         else:
             verdict = "met" if ratio <= goal else "MISSED"
-            lines.append(f"- {case} {label}: {ratio:.3f}x (goal <= {goal:.2f}x) {verdict}")
+            lines.append(f"- {case} {label}: {ratio:.3f}x (goal <= {goal:.2f}x) {verdict}; {costs}")
     for case, most in STATEMENT_GOALS:
         counts = results[case].statements
         total = sum(counts.values())
         verdict = "met" if total <= most else "MISSED"
-        extra = f"ROLLBACK {counts.get('ROLLBACK', 0):.2f}, ping {counts.get('ping', 0):.2f}"
+        detail = f"ROLLBACK {counts.get('ROLLBACK', 0):.2f}, ping {counts.get('ping', 0):.2f}"
         lines.append(
-            f"- statements per op ({case}): {total:.2f} ({extra}; goal <= {most:g}) {verdict}"
+            f"- statements per op ({case}): {total:.2f} ({detail}; goal <= {most:g}) {verdict}"
         )
     return "\n".join(lines)
 
@@ -245,11 +263,7 @@ def run(args: argparse.Namespace) -> int:
         setup = create_engine(url)
         try:
             reset_schema(setup)
-            server.query(
-                "CREATE TABLE retrying_uow_commit_markers (token VARCHAR(32) PRIMARY KEY, "
-                "created_at TIMESTAMP WITHOUT TIME ZONE NOT NULL)",
-                database=name,
-            )
+            create_commit_marker_table(setup)
         finally:
             setup.dispose()
         statements = Statements(server, name)

@@ -5,6 +5,10 @@ The service functions (``create_placeholder``, ``complete``) receive a unit of w
 all of that, so the same service runs on a database and, for unit tests, in memory. Domain
 events it records are published once, after the commit of the attempt that succeeded.
 
+The service says what it needs in a protocol of its own (``TasksUnitOfWork``); each store
+has a unit-of-work class that declares its repository with ``repository(...)``, and mypy
+checks that both satisfy the protocol.
+
     python examples/domain_service.py                          # SQLite in memory
     DATABASE_URL=mysql+pymysql://app:pw@127.0.0.1:3306/app python examples/domain_service.py
 """
@@ -21,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import String, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from adapters.memory import InMemoryBackend, InMemoryRepository, InMemoryUnitOfWork
+from adapters.memory import InMemoryRepository, InMemoryUnitOfWork
 from adapters.sqlalchemy import SqlAlchemyRepository, SqlAlchemyUnitOfWork
-from uow import ErrorKind, RetryDetails, RetryPolicy, Runner, UnitOfWork, retry_details
-from uow.testing import set_testing
+from uow import ErrorKind, RetryDetails, RetryPolicy, Runner, UnitOfWork, repository, retry_details
+from uow.testing import Fault, inject, set_testing
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -57,7 +61,9 @@ class TaskRepository(Protocol):
 
 
 class TasksUnitOfWork(UnitOfWork, Protocol):
-    tasks: TaskRepository
+    # A read-only property: each store's unit of work has its own repository class.
+    @property
+    def tasks(self) -> TaskRepository: ...
 
 
 # The domain service: plain functions of a unit of work.
@@ -80,7 +86,7 @@ def named(uow: TasksUnitOfWork, prefix: str) -> list[Task]:
     return sorted((t for t in uow.tasks.all() if t.name.startswith(prefix)), key=lambda t: t.name)
 
 
-# The adapters: one repository per store, both satisfying TaskRepository.
+# The adapters: a repository and a unit of work per store, both satisfying the port.
 class SqlAlchemyTaskRepository(SqlAlchemyRepository[Task]):
     model = Task
 
@@ -88,9 +94,17 @@ class SqlAlchemyTaskRepository(SqlAlchemyRepository[Task]):
         return self.session.scalars(select(Task).where(Task.name == name)).first()
 
 
+class SqlAlchemyTasks(SqlAlchemyUnitOfWork):
+    tasks = repository(SqlAlchemyTaskRepository)
+
+
 class InMemoryTaskRepository(InMemoryRepository[Task]):
     def by_name(self, name: str) -> Task | None:
         return next((task for task in self.all() if task.name == name), None)
+
+
+class InMemoryTasks(InMemoryUnitOfWork):
+    tasks = repository(InMemoryTaskRepository)
 
 
 def use_service(units: Runner[TasksUnitOfWork], prefix: str, events: list[TaskCompleted]) -> None:
@@ -144,10 +158,9 @@ def main() -> int:
     Base.metadata.create_all(engine)
     print(f"SQLAlchemy on {engine.url!r}")
     sql_events: list[TaskCompleted] = []
-    sql_units: Runner[TasksUnitOfWork] = SqlAlchemyUnitOfWork.factory(
+    sql_units: Runner[TasksUnitOfWork] = SqlAlchemyTasks.factory(
         engine,
-        repositories={"tasks": SqlAlchemyTaskRepository},
-        policy=RetryPolicy(attempts=5, timeout=30),
+        policy=RetryPolicy(timeout=30),
         event_handlers={TaskCompleted: [sql_events.append]},
     )
     use_service(sql_units, prefix, sql_events)
@@ -156,19 +169,14 @@ def main() -> int:
     print("in memory (what unit tests of the service use)")
     retries: list[RetryDetails] = []
     memory_events: list[TaskCompleted] = []
-    memory_units: Runner[TasksUnitOfWork] = InMemoryUnitOfWork.factory(
-        repositories={"tasks": InMemoryTaskRepository},
+    memory_units: Runner[TasksUnitOfWork] = InMemoryTasks.factory(
         hooks=[retries.append],
         event_handlers={TaskCompleted: [memory_events.append]},
     )
     use_service(memory_units, prefix, memory_events)
 
     # Prove the service survives a rerun: a deadlock on its first statement, retried at once.
-    backend = memory_units.backend
-    if not isinstance(backend, InMemoryBackend):
-        raise TypeError(backend)
-    backend.fail(ErrorKind.DEADLOCK, errno=1213)
-    with set_testing(True):  # no backoff sleeps in tests
+    with set_testing(True), inject(Fault.deadlock(at=1)):  # no backoff sleeps in tests
         task = memory_units.run(create_placeholder, f"{prefix}-retried")
     scheduled = [d.kind for d in retries if d.will_retry]  # hooks also see unretried errors
     expect(scheduled == [ErrorKind.DEADLOCK], "one retry, after the deadlock")

@@ -30,9 +30,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from adapters.memory import InMemoryBackend, InMemoryRepository, InMemoryUnitOfWork
-from uow import ErrorKind, RetryDetails, RetryPolicy
-from uow.testing import set_testing
+from adapters.memory import InMemoryRepository, InMemoryUnitOfWork
+from uow import Reason, RetryDetails, RetryPolicy, repository
+from uow.testing import Fault, inject, set_testing
 
 # --- Prometheus ---------------------------------------------------------------------------
 registry = CollectorRegistry()  # your application's registry (or the default one)
@@ -53,15 +53,19 @@ GIVE_UPS = Counter(
 def prometheus_hook(details: RetryDetails) -> None:
     if details.will_retry:
         RETRIES.labels(details.operation, details.kind.value, str(details.attempt)).inc()
-    elif details.reason != "not retryable":  # hooks also see errors that are never retried
+    elif details.reason is not Reason.NOT_RETRYABLE:  # hooks also see errors never retried
         GIVE_UPS.labels(details.operation, details.kind.value, details.reason).inc()
 
 
 # --- OpenTelemetry ------------------------------------------------------------------------
 def opentelemetry_hook(details: RetryDetails) -> None:
-    if details.reason == "not retryable":
+    if details.reason is Reason.NOT_RETRYABLE:
         return  # the span records the exception itself
-    attributes = {key: value for key, value in details.log_fields().items() if value is not None}
+    attributes: dict[str, str | int | float | bool] = {
+        key: value
+        for key, value in details.log_fields().items()
+        if isinstance(value, str | int | float | bool)  # OpenTelemetry's attribute types
+    }
     name = "uow.retry" if details.will_retry else "uow.give_up"
     trace.get_current_span().add_event(name, attributes)
 
@@ -94,26 +98,26 @@ class TaskRepository(InMemoryRepository[Task]):
     pass
 
 
-def create_task(uow, name: str) -> Task:
+class Tasks(InMemoryUnitOfWork):
+    tasks = repository(TaskRepository)
+
+
+def create_task(uow: Tasks, name: str) -> Task:
     return uow.tasks.add(Task(name=name))
 
 
 def force_failures(tracer: trace.Tracer) -> None:
     """One deadlock, retried; then a connection lost on every attempt, given up after three."""
-    units = InMemoryUnitOfWork.factory(
-        repositories={"tasks": TaskRepository},
-        policy=RetryPolicy(attempts=3),
-        hooks=[prometheus_hook, opentelemetry_hook],
+    units = Tasks.factory(
+        policy=RetryPolicy(attempts=3), hooks=[prometheus_hook, opentelemetry_hook]
     )
-    backend = units.backend
-    if not isinstance(backend, InMemoryBackend):
-        raise TypeError(backend)
     with set_testing(True):  # no backoff sleeps in this demo
-        with tracer.start_as_current_span("import report"):
-            backend.fail(ErrorKind.DEADLOCK, errno=1213)  # the next attempt deadlocks once
-            units.run(create_task, "report")
-        with tracer.start_as_current_span("import archive"):
-            backend.fail(ErrorKind.DISCONNECT, errno=2013, times=3)  # every attempt
+        with tracer.start_as_current_span("import report"), inject(Fault.deadlock(at=1)):
+            units.run(create_task, "report")  # the first attempt deadlocks, the second commits
+        with (
+            tracer.start_as_current_span("import archive"),
+            inject(Fault.disconnect(at=1, times=3)),  # every attempt loses its connection
+        ):
             try:
                 units.run(create_task, "archive")
             except Exception as error:  # noqa: BLE001 -- the caller gets the driver's error back
@@ -143,7 +147,7 @@ def main() -> int:
     print("--- OpenTelemetry span events")
     events = [(span.name, event) for span in spans.get_finished_spans() for event in span.events]
     for span_name, span_event in events:
-        attributes = span_event.attributes or {}
+        attributes = {key: str(value) for key, value in (span_event.attributes or {}).items()}
         print(
             f"{span_name}: {span_event.name} attempt={attributes['uow_attempt']} "
             f"kind={attributes['uow_kind']} errno={attributes['uow_errno']}"

@@ -7,6 +7,9 @@ transaction holds. Part 1 replays that. Part 2 downloads holding no session, the
 ``units.run(record_download, ...)``: the pooled connection went stale too, so attempt 1 fails
 and the runner reruns the operation on a fresh connection. One row.
 
+The unit of work is a typed class: ``Downloads.factory(engine)`` returns a
+``Runner[Downloads]``, and ``uow.downloads`` is a ``DownloadRepository`` to mypy.
+
     python examples/seed_incident.py          # SQLite, the server's wait_timeout emulated
     DATABASE_URL=mysql+pymysql://app:pw@127.0.0.1:3306/app python examples/seed_incident.py
 
@@ -22,15 +25,15 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import String, create_engine, event, func, make_url, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from adapters.mysql import errno_of
-from adapters.sqlalchemy import SqlAlchemyRepository, SqlAlchemyUnitOfWork
-from uow import RetryDetails, RetryPolicy, Runner, UnitOfWork
+from adapters.sqlalchemy import SqlAlchemyRepository, SqlAlchemyUnitOfWork, repository
+from uow import RetryDetails, RetryPolicy
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -55,15 +58,17 @@ class DownloadRepository(SqlAlchemyRepository[Download]):
         return self.session.scalar(query) or 0
 
 
-class DownloadsUnitOfWork(UnitOfWork, Protocol):
-    downloads: DownloadRepository
+class Downloads(SqlAlchemyUnitOfWork):
+    """The unit of work of this program: one session per attempt, its repositories on it."""
+
+    downloads = repository(DownloadRepository)
 
 
-def count_downloads(uow: DownloadsUnitOfWork, source: str) -> int:
+def count_downloads(uow: Downloads, source: str) -> int:
     return uow.downloads.count(source)
 
 
-def record_download(uow: DownloadsUnitOfWork, source: str, size: int) -> None:
+def record_download(uow: Downloads, source: str, size: int) -> None:
     uow.downloads.add(Download(source=source, size=size))
 
 
@@ -93,11 +98,8 @@ def naive(engine: Engine, source: str, seconds: float) -> bool:
 def with_units(engine: Engine, source: str, seconds: float) -> bool:
     """Part 2: no session during the download; the write is one retried operation."""
     retries: list[RetryDetails] = []
-    units: Runner[DownloadsUnitOfWork] = SqlAlchemyUnitOfWork.factory(
-        engine,
-        repositories={"downloads": DownloadRepository},
-        policy=RetryPolicy(attempts=3, timeout=30),
-        hooks=[retries.append],
+    units = Downloads.factory(
+        engine, policy=RetryPolicy(attempts=3, timeout=30), hooks=[retries.append]
     )
     units.run(count_downloads, source)  # the endpoint's short read; its connection is pooled
     size = download(source, seconds)  # meanwhile the server drops that pooled connection

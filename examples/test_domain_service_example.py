@@ -11,23 +11,57 @@ the test fails listing the points after which a rerun changed anything).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import pytest
-from domain_service import (
+from sqlalchemy import create_engine, delete, insert, select
+
+from examples.domain_service import (
     Base,
-    SqlAlchemyTaskRepository,
+    SqlAlchemyTasks,
     Task,
     TaskCompleted,
+    TasksUnitOfWork,
     complete,
     create_placeholder,
 )
-from sqlalchemy import create_engine, delete, insert, select
-
-from adapters.sqlalchemy import SqlAlchemyUnitOfWork
 from uow.testing import Fault
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from sqlalchemy.engine import Engine
+
+    from uow import Runner
+    from uow.testing import Injection, RerunReport
+
+    InjectFixture = Callable[..., Injection]
+    RerunCheckFixture = Callable[..., RerunReport]
+
+
+class Database:
+    """The starting state of every run of the rerun check: one pending task, no event."""
+
+    def __init__(self, engine: Engine, events: list[TaskCompleted]) -> None:
+        self.engine = engine
+        self.events = events
+
+    def restore(self) -> None:
+        self.events.clear()
+        with self.engine.begin() as connection:
+            connection.execute(delete(Task))
+            connection.execute(insert(Task).values(id=1, name="seed", status="pending"))
+
+    def snapshot(self) -> list[tuple[Any, ...]]:
+        """What must be the same after a rerun (not auto-increment ids: reruns consume them)."""
+        with self.engine.connect() as connection:
+            query = select(Task.name, Task.status, Task.outcome).order_by(Task.name)
+            return [tuple(row) for row in connection.execute(query)]
 
 
 @pytest.fixture
-def engine(tmp_path):
+def engine(tmp_path: Path) -> Iterator[Engine]:
     # A file, not "sqlite://": a lost connection must not take the database with it.
     engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
     Base.metadata.create_all(engine)
@@ -36,54 +70,40 @@ def engine(tmp_path):
 
 
 @pytest.fixture
-def events():
+def events() -> list[TaskCompleted]:
     return []
 
 
 @pytest.fixture
-def units(engine, events):
-    return SqlAlchemyUnitOfWork.factory(
-        engine,
-        repositories={"tasks": SqlAlchemyTaskRepository},
-        event_handlers={TaskCompleted: [events.append]},
-    )
+def units(engine: Engine, events: list[TaskCompleted]) -> Runner[SqlAlchemyTasks]:
+    return SqlAlchemyTasks.factory(engine, event_handlers={TaskCompleted: [events.append]})
 
 
 @pytest.fixture
-def database(engine, events):
-    """The starting state of every run of the rerun check: one pending task, no event."""
-
-    class Database:
-        @staticmethod
-        def restore():
-            events.clear()
-            with engine.begin() as connection:
-                connection.execute(delete(Task))
-                connection.execute(insert(Task).values(id=1, name="seed", status="pending"))
-
-        @staticmethod
-        def snapshot():  # what must be the same after a rerun (no auto-increment ids)
-            with engine.connect() as connection:
-                return connection.execute(
-                    select(Task.name, Task.status, Task.outcome).order_by(Task.name)
-                ).all()
-
-    return Database
+def database(engine: Engine, events: list[TaskCompleted]) -> Database:
+    return Database(engine, events)
 
 
 @pytest.mark.usefixtures("uow_instant_retries")
-def test_create_survives_a_lost_connection(uow_inject, units, database):
+def test_create_survives_a_lost_connection(
+    uow_inject: InjectFixture, units: Runner[SqlAlchemyTasks], database: Database
+) -> None:
     """Statement 1 is the duplicate check, statement 2 the INSERT: losing it reruns all."""
     database.restore()
     injection = uow_inject(Fault.disconnect(at=2))
     task = units.run(create_placeholder, "report")
     assert task.name == "report"
     assert injection.attempts("create_placeholder") == 2
-    assert [row.name for row in database.snapshot()] == ["report", "seed"]
+    assert [row[0] for row in database.snapshot()] == ["report", "seed"]
 
 
 @pytest.mark.usefixtures("uow_instant_retries")
-def test_complete_publishes_its_event_once(uow_inject, units, events, database):
+def test_complete_publishes_its_event_once(
+    uow_inject: InjectFixture,
+    units: Runner[SqlAlchemyTasks],
+    events: list[TaskCompleted],
+    database: Database,
+) -> None:
     """Two lost connections later, the event is published once, after the commit."""
     database.restore()
     uow_inject(Fault.disconnect(at=1, times=2))  # the first two attempts fail at once
@@ -91,7 +111,12 @@ def test_complete_publishes_its_event_once(uow_inject, units, events, database):
     assert events == [TaskCompleted(1, "42 rows")]
 
 
-def test_service_operations_are_rerun_safe(uow_rerun_check, units, events, database):
+def test_service_operations_are_rerun_safe(
+    uow_rerun_check: RerunCheckFixture,
+    units: Runner[SqlAlchemyTasks],
+    events: list[TaskCompleted],
+    database: Database,
+) -> None:
     """Whatever statement a fault hits, the rerun leaves the same rows, result and events."""
     uow_rerun_check(
         units,
@@ -113,16 +138,18 @@ def test_service_operations_are_rerun_safe(uow_rerun_check, units, events, datab
     )
 
 
-def test_the_check_catches_a_mail_sent_inside_the_operation(uow_rerun_check, units, database):
+def test_the_check_catches_a_mail_sent_inside_the_operation(
+    uow_rerun_check: RerunCheckFixture, units: Runner[SqlAlchemyTasks], database: Database
+) -> None:
     """Mail sent from inside the unit of work goes out again when the INSERT is lost."""
-    outbox = []
+    outbox: list[str] = []
 
-    def create_and_mail(uow, name):
+    def create_and_mail(uow: TasksUnitOfWork, name: str) -> Task:
         task = create_placeholder(uow, name)
         outbox.append(f"created {name}")  # belongs in an event handler, after the commit
         return task
 
-    def restore():
+    def restore() -> None:
         database.restore()
         outbox.clear()
 

@@ -36,13 +36,18 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import String, event, func, make_url, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from adapters.sqlalchemy import SqlAlchemyRepository, SqlAlchemyUnitOfWork, create_engine
-from uow import RetryDetails, RetryPolicy, Runner, UnitOfWork, retry_details
+from adapters.sqlalchemy import (
+    SqlAlchemyRepository,
+    SqlAlchemyUnitOfWork,
+    create_engine,
+    repository,
+)
+from uow import Reason, RetryDetails, RetryPolicy, Runner, retry_details
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -54,9 +59,10 @@ THREAD_JOBS = 12
 FORKED_CHILDREN = 2
 FORKED_JOBS_EACH = 3
 WORK_SECONDS = 0.05
+ATTEMPTS = 3  # the runner's; by default only the time budget bounds a lost connection
 REQUEUE_AFTER = 0.2  # in production: minutes, longer than the outage the runner rode out
 MAX_DELIVERIES = 3
-REQUEUE_REASONS = frozenset({"attempts exhausted", "time budget exhausted"})
+REQUEUE_REASONS = frozenset({Reason.ATTEMPTS_EXHAUSTED, Reason.TIME_BUDGET_EXHAUSTED})
 
 
 class Base(DeclarativeBase):
@@ -80,20 +86,22 @@ class JobRepository(SqlAlchemyRepository[Job]):
         return Counter(dict(self.session.execute(query.group_by(Job.status)).all()))
 
 
-class JobsUnitOfWork(UnitOfWork, Protocol):
-    jobs: JobRepository
+class Jobs(SqlAlchemyUnitOfWork):
+    """The worker's unit of work: a fresh session per attempt, ``uow.jobs`` on it."""
+
+    jobs = repository(JobRepository)
 
 
 # --- The jobs' database work: short operations, no session kept in between -----------
 
 
-def enqueue(uow: JobsUnitOfWork, names: Sequence[str]) -> list[int]:
+def enqueue(uow: Jobs, names: Sequence[str]) -> list[int]:
     jobs = [uow.jobs.add(Job(name=name, status="queued")) for name in names]
-    uow.session.flush()  # type: ignore[attr-defined]  # assigns the ids
+    uow.flush()  # the INSERTs now: the ids are known before the commit
     return [job.id for job in jobs]
 
 
-def claim(uow: JobsUnitOfWork, job_id: int, worker: str) -> str:
+def claim(uow: Jobs, job_id: int, worker: str) -> str:
     job = uow.jobs.get(job_id)
     if job is None:
         raise LookupError(f"no job {job_id}")  # permanent: never retried
@@ -101,7 +109,7 @@ def claim(uow: JobsUnitOfWork, job_id: int, worker: str) -> str:
     return job.name
 
 
-def finish(uow: JobsUnitOfWork, job_id: int, result: str) -> None:
+def finish(uow: Jobs, job_id: int, result: str) -> None:
     if not result:
         raise ValueError(f"job {job_id}: empty result")  # a bug: permanent, never retried
     job = uow.jobs.get(job_id)
@@ -110,19 +118,19 @@ def finish(uow: JobsUnitOfWork, job_id: int, result: str) -> None:
     job.status, job.result = "done", result
 
 
-def fail(uow: JobsUnitOfWork, job_id: int, reason: str) -> None:
+def fail(uow: Jobs, job_id: int, reason: str) -> None:
     job = uow.jobs.get(job_id)
     if job is not None:
         job.status, job.result = "failed", reason[:200]
 
 
-def statuses(uow: JobsUnitOfWork, prefix: str) -> Counter[str]:
+def statuses(uow: Jobs, prefix: str) -> Counter[str]:
     return uow.jobs.statuses(prefix)
 
 
-def connection_id(uow: JobsUnitOfWork) -> int | None:
+def connection_id(uow: Jobs) -> int | None:
     """The server's id of the connection this operation runs on (MySQL/MariaDB)."""
-    session = uow.session  # type: ignore[attr-defined]
+    session = uow.session
     if session.get_bind().dialect.name not in {"mysql", "mariadb"}:
         return None
     return int(session.execute(text("SELECT CONNECTION_ID()")).scalar_one())
@@ -134,7 +142,7 @@ def work(name: str) -> str:
     return "" if name.endswith("-buggy") else f"{name}: {len(name)} units"
 
 
-def handle(units: Runner[JobsUnitOfWork], job_id: int, worker: str) -> None:
+def handle(units: Runner[Jobs], job_id: int, worker: str) -> None:
     """One delivery of one job. Claim and finish set values, so a rerun is harmless."""
     idempotent = units.using(idempotent=True)  # a lost COMMIT may simply be rerun
     name = idempotent.run(claim, job_id, worker)
@@ -163,7 +171,7 @@ def should_requeue(error: BaseException) -> bool:
 class TaskQueue:
     """A stand-in for Celery, RQ, Dramatiq or arq: deliveries, delayed redelivery, dead letters."""
 
-    units: Runner[JobsUnitOfWork]
+    units: Runner[Jobs]
     pending: queue.Queue[tuple[int, int] | None] = field(default_factory=queue.Queue)
     deliveries: Counter[int] = field(default_factory=Counter)
     dead: dict[int, str] = field(default_factory=dict)
@@ -210,7 +218,7 @@ class TaskQueue:
 # --- 2. A forked worker process ------------------------------------------------------
 
 
-def forked_worker(units: Runner[JobsUnitOfWork], engine: Engine, job_ids: list[int]) -> None:
+def forked_worker(units: Runner[Jobs], engine: Engine, job_ids: list[int]) -> None:
     """The child's side of the fork: forget the parent's connections first, then work."""
     # The pooled connections (and their sockets) are the parent's: close=False drops
     # them from this process's pool without closing them, which would end them for the
@@ -222,7 +230,7 @@ def forked_worker(units: Runner[JobsUnitOfWork], engine: Engine, job_ids: list[i
     engine.dispose()  # this process's own connections: closed before it exits
 
 
-def run_forked(units: Runner[JobsUnitOfWork], engine: Engine, prefix: str) -> bool:
+def run_forked(units: Runner[Jobs], engine: Engine, prefix: str) -> bool:
     context = multiprocessing.get_context("fork")
     names = [f"{prefix}-fork-{i}" for i in range(FORKED_CHILDREN * FORKED_JOBS_EACH)]
     ids = units.run(enqueue, names)
@@ -269,7 +277,7 @@ class Outage:
 
 def run_layered(tasks: TaskQueue, outage: Outage, failed: list[RetryDetails], prefix: str) -> bool:
     [flaky, buggy] = tasks.units.run(enqueue, [f"{prefix}-flaky", f"{prefix}-buggy"])
-    attempts = tasks.units.policy.attempts
+    attempts = ATTEMPTS
     outage.statements = attempts  # every attempt of the first delivery meets the outage
     failed.clear()
     tasks.put(flaky)
@@ -301,10 +309,9 @@ def main() -> int:
         outage = Outage()
         outage.install(engine)
         failed: list[RetryDetails] = []
-        units: Runner[JobsUnitOfWork] = SqlAlchemyUnitOfWork.factory(
+        units = Jobs.factory(
             engine,
-            repositories={"jobs": JobRepository},
-            policy=RetryPolicy(attempts=3, timeout=20, wait_initial=0.05),
+            policy=RetryPolicy(attempts=ATTEMPTS, timeout=20, wait_initial=0.05),
             hooks=[failed.append],  # each failed attempt, as a metrics hook would see it
         )
         print(f"database: {make_url(url)!r}")

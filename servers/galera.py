@@ -48,8 +48,7 @@ from servers.mariadb import ServerNotAvailable, _find_binary, _free_port, _quote
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
-
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = [
     "GaleraCluster",

@@ -31,8 +31,7 @@ import pymysql  # type: ignore[import-untyped, unused-ignore]
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = ["MariaDBServer", "ServerNotAvailable", "ensure_mariadb_installed"]
 

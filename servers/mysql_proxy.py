@@ -539,7 +539,7 @@ class FaultProxy:
         for writer in filter(None, (conn.client, conn.server)):
             try:
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 writer.transport.abort()  # a peer that stopped reading blocks the flush
             except (ConnectionError, OSError):
                 pass

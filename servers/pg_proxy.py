@@ -43,8 +43,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping, Sequence
-
-    from typing_extensions import Self
+    from typing import Self
 
 _T = TypeVar("_T")
 _SSL_REQUEST = 80877103
@@ -733,7 +732,7 @@ class FaultProxy:
         for writer in filter(None, (conn.client, conn.server)):
             try:
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 writer.transport.abort()  # a peer that stopped reading blocks the flush
             except (ConnectionError, OSError):
                 pass

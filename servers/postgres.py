@@ -43,9 +43,9 @@ from psycopg import sql
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
+    from typing import Self
 
     from psycopg.abc import Params
-    from typing_extensions import Self
 
     # What Cursor.execute() takes (psycopg's own alias varies between versions).
     Query: TypeAlias = "str | bytes | sql.SQL | sql.Composed"

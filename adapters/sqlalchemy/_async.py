@@ -23,8 +23,9 @@ from uow import AsyncRunner, AttemptInfo, AttemptScope, NestingError, UnitOfWork
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from typing import Self
 
-    from typing_extensions import Self, Unpack
+    from typing_extensions import Unpack
 
     from adapters.sqlalchemy._unit import Classifier, RepositoryFactory
     from uow import AsyncRunnerOptions, Classification
@@ -35,13 +36,11 @@ T = TypeVar("T")
 class AsyncSqlAlchemyUnitOfWork(UnitOfWorkBase):
     """One attempt's unit of work on an ``AsyncSession``, and the repositories built on it.
 
-    ::
-
         class Shop(AsyncSqlAlchemyUnitOfWork):
-            orders = repository(AsyncOrderRepository)
+        orders = repository(AsyncOrderRepository)
 
-        units = Shop.factory(async_engine)            # AsyncRunner[Shop]
-        order = await units.run(place_order, cart)
+    units = Shop.factory(async_engine)            # AsyncRunner[Shop]
+    order = await units.run(place_order, cart)
     """
 
     def __init__(
@@ -80,8 +79,9 @@ class AsyncSqlAlchemyUnitOfWork(UnitOfWorkBase):
         """Return an async runner whose operations each run in fresh units of work of this class.
 
         ``bind`` is your ``AsyncEngine`` or an ``async_sessionmaker`` bound to one;
-        ``session_class`` is the sync Session class behind the AsyncSession (SQLModel's,
-        say). The rest is as for :meth:`SqlAlchemyUnitOfWork.factory`.
+        ``session_class`` is the sync Session class behind the AsyncSession (SQLModel's, say). The
+        rest is as for
+        [`SqlAlchemyUnitOfWork.factory`][adapters.sqlalchemy.SqlAlchemyUnitOfWork.factory].
         """
         backend = AsyncSqlAlchemyBackend(
             bind,
@@ -231,7 +231,7 @@ class AsyncSessionTransaction:
     async def close(self) -> None:
         await greenlet_spawn(self._sync.close)
 
-    async def committed(self, timeout: float) -> bool | None:
+    async def committed(self, timeout: float) -> bool | None:  # noqa: ASYNC109 -- bounds reads
         found: bool | None = await greenlet_spawn(self._sync.committed, timeout)
         return found
 

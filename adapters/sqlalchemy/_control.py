@@ -2,10 +2,10 @@
 
 An attempt's Session is an instance of a thin subclass of the user's session class
 whose ``commit``, ``rollback``, ``begin``, ``close``, ``reset`` and ``invalidate``
-raise :class:`~uow.TransactionControlError` while an operation runs (and
-:class:`~uow.UnitOfWorkClosedError` after it ended). Savepoints stay allowed:
+raise [`TransactionControlError`][uow.TransactionControlError] while an operation runs (and
+[`UnitOfWorkClosedError`][uow.UnitOfWorkClosedError] after it ended). Savepoints stay allowed:
 ``begin_nested()``. Raw statements that end a transaction are refused where they
-are executed (see :mod:`adapters.sqlalchemy._listeners`).
+are executed (see `adapters.sqlalchemy._listeners`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def create_engine(url: str | sqlalchemy.URL, **kwargs: Any) -> Engine:
-    """Create an Engine as :func:`sqlalchemy.create_engine` does, lean for units of work.
+    """Create an Engine as `sqlalchemy.create_engine` does, lean for units of work.
 
     The pool's reset-on-return is replaced by one that skips the ROLLBACK when an
     attempt has just committed or rolled back the connection's transaction (and the

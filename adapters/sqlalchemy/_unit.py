@@ -13,9 +13,10 @@ from typing_extensions import Unpack
 from uow import AttemptInfo, AttemptScope, Runner, RunnerOptions, UnitOfWorkBase
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm import sessionmaker
-    from typing_extensions import Self
 
     from uow import Classification
 
@@ -31,17 +32,17 @@ Classifier = Callable[[BaseException], "Classification"]
 class SqlAlchemyUnitOfWork(UnitOfWorkBase, Generic[S]):
     """One attempt's unit of work: a Session and the repositories built on it.
 
-    Declare typed repositories on a subclass, and build the runner from it::
+    Declare typed repositories on a subclass, and build the runner from it:
 
         class Shop(SqlAlchemyUnitOfWork):
             orders = repository(OrderRepository)
 
         units = Shop.factory(engine)          # Runner[Shop]; uow.orders is typed
 
-    Everything raises :class:`~uow.UnitOfWorkClosedError` once the attempt has ended,
-    so no one can keep the session (or its connection) for later. For SQLModel, or any
-    Session subclass, parametrise the class: ``class Shop(SqlAlchemyUnitOfWork[
-    sqlmodel.Session])`` (the session is then made of that class).
+    Everything raises [`UnitOfWorkClosedError`][uow.UnitOfWorkClosedError] once the attempt has
+    ended, so no one can keep the session (or its connection) for later. For SQLModel, or any
+    Session subclass, parametrise the class: ``class Shop(SqlAlchemyUnitOfWork[ sqlmodel.Session])``
+    (the session is then made of that class).
     """
 
     def __init__(
@@ -99,13 +100,14 @@ class SqlAlchemyUnitOfWork(UnitOfWorkBase, Generic[S]):
     ) -> Runner[Self]:
         """Return a runner whose operations each run in fresh units of work of this class.
 
-        ``bind`` is your Engine, or a sessionmaker bound to one (its settings and session
-        class are kept). ``repositories`` adds repositories by name to those the class
-        declares. ``session_class`` makes the sessions of another Session subclass.
-        ``classifier`` replaces the database's error classification.
-        ``commit_markers=True`` resolves lost COMMITs exactly (create the table first,
-        see :func:`create_commit_marker_table`). ``options`` are the runner's settings
-        (``policy``, ``hooks``, ``idempotent``, ``verify``, ``event_handlers``, ...).
+        ``bind`` is your Engine, or a sessionmaker bound to one (its settings and session class are
+        kept). ``repositories`` adds repositories by name to those the class declares.
+        ``session_class`` makes the sessions of another Session subclass. ``classifier`` replaces
+        the database's error classification. ``commit_markers=True`` resolves lost COMMITs exactly
+        (create the table first, see
+        [`create_commit_marker_table`][adapters.sqlalchemy.create_commit_marker_table]). ``options``
+        are the runner's settings (``policy``, ``hooks``, ``idempotent``, ``verify``,
+        ``event_handlers``, ...).
         """
         from adapters.sqlalchemy._backend import SqlAlchemyBackend  # noqa: PLC0415 -- cycle
 
@@ -122,8 +124,6 @@ class SqlAlchemyUnitOfWork(UnitOfWorkBase, Generic[S]):
 
 class SqlAlchemyRepository(Generic[T]):
     """A generic repository of one mapped class; subclass it and set ``model``.
-
-    ::
 
         class TaskRepository(SqlAlchemyRepository[Task]):
             model = Task

@@ -1,9 +1,11 @@
 """The seed incident done right in FastAPI: no session outlives a unit of work.
 
 ``POST /imports`` records a placeholder (status "pending") in one unit of work and
-returns at once. A background task then "downloads" for a while holding no session and
-no connection, and records the outcome (status "done", one outcome row) in a second
-unit of work, rerun whole if the connection it gets turns out to be dead.
+returns at once. After the response, the download runs holding no session and no
+connection, and then the outcome (status "done", one outcome row) is recorded in a
+second unit of work, rerun whole if the connection it gets turns out to be dead. A
+give-up there is logged with its retry details (``in_background``), never raised into
+the server.
 
 ``POST /imports/old-pattern`` is the incident itself, kept to compare (do not copy it):
 the request's ``Depends(get_db)`` session goes into the background task, which holds
@@ -11,6 +13,10 @@ its connection through the download and then commits on it. Against MySQL/MariaD
 once the download outlasts ``wait_timeout``, that commit fails with 2006 or 2013, the
 task stays "pending" and the outcome is lost. Meanwhile the held connection is one the
 pool cannot give to anyone else.
+
+The operations are typed against ``ImportsUnitOfWork``, a protocol of their own, so
+the application's tests run them on the in-memory adapter: they override
+``get_units`` and the lifespan then builds no engine at all.
 
 Serve it (any ASGI server; the engine is created at startup, not at import)::
 
@@ -34,13 +40,26 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sqlalchemy import ForeignKey, String, make_url, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from adapters.fastapi import get_units, units_lifespan
-from adapters.sqlalchemy import SqlAlchemyBackend, SqlAlchemyRepository, create_engine
+from adapters.fastapi import (
+    Units,
+    get_units,
+    in_background,
+    install_exception_handlers,
+    units_lifespan,
+)
+from adapters.sqlalchemy import (
+    SqlAlchemyBackend,
+    SqlAlchemyRepository,
+    SqlAlchemyUnitOfWork,
+    create_engine,
+    repository,
+)
 from uow import RetryHook, RetryPolicy, Runner, UnitOfWork
 
 # --- The domain: tables, repositories, operations ------------------------------------
@@ -65,6 +84,27 @@ class ImportOutcome(Base):
     size: Mapped[int]
 
 
+# The ports: what the operations need from a unit of work, whatever the store.
+class ImportStore(Protocol):
+    def add(self, entity: ImportTask) -> ImportTask: ...
+    def get(self, ident: int) -> ImportTask | None: ...
+    def by_source(self, source: str) -> Sequence[ImportTask]: ...
+
+
+class OutcomeStore(Protocol):
+    def add(self, entity: ImportOutcome) -> ImportOutcome: ...
+    def for_import(self, import_id: int) -> ImportOutcome | None: ...
+
+
+class ImportsUnitOfWork(UnitOfWork, Protocol):
+    # Read-only properties: each store's unit of work declares repositories of its own.
+    @property
+    def imports(self) -> ImportStore: ...
+    @property
+    def outcomes(self) -> OutcomeStore: ...
+
+
+# The SQLAlchemy adapter: repositories on the attempt's session, and the unit of work.
 class ImportRepository(SqlAlchemyRepository[ImportTask]):
     model = ImportTask
 
@@ -81,16 +121,26 @@ class OutcomeRepository(SqlAlchemyRepository[ImportOutcome]):
         return self.session.scalars(query).first()
 
 
-class ImportsUnitOfWork(UnitOfWork, Protocol):
-    imports: ImportRepository
-    outcomes: OutcomeRepository
+class Imports(SqlAlchemyUnitOfWork):
+    imports = repository(ImportRepository)
+    outcomes = repository(OutcomeRepository)
 
 
-REPOSITORIES = {"imports": ImportRepository, "outcomes": OutcomeRepository}
-
-
+# The operations: functions of a unit of work; the runner commits and reruns them.
 def create_placeholder(uow: ImportsUnitOfWork, source: str) -> ImportTask:
     return uow.imports.add(ImportTask(source=source, status="pending"))
+
+
+@dataclass
+class Download:
+    """One import's download: fetched after the response, holding no session."""
+
+    source: str
+    settings: "Settings"
+
+    def fetch(self) -> int:
+        """The slow part (half an hour, in production): no database work at all."""
+        return self.settings.download(self.source, self.settings.download_seconds)
 
 
 def record_outcome(uow: ImportsUnitOfWork, import_id: int, size: int) -> None:
@@ -99,6 +149,15 @@ def record_outcome(uow: ImportsUnitOfWork, import_id: int, size: int) -> None:
         raise LookupError(f"no import {import_id}")  # permanent: never retried
     task.status = "done"
     uow.outcomes.add(ImportOutcome(import_id=import_id, size=size))
+
+
+def download_and_record(
+    units: "Runner[ImportsUnitOfWork]", import_id: int, download: Download
+) -> None:
+    """The background job: the download holds no session, then one short operation."""
+    size = download.fetch()
+    # A fresh connection, rerun whole if it is dead; after a lost COMMIT, look, then decide.
+    units.using(verify=outcome_recorded(import_id)).run(record_outcome, import_id, size)
 
 
 def outcome_recorded(import_id: int) -> Callable[[ImportsUnitOfWork], bool]:
@@ -201,22 +260,17 @@ def start_import(
     body: ImportRequest, background: BackgroundTasks, units: ImportUnits, settings: AppSettings
 ) -> ImportAccepted:
     task = units.run(create_placeholder, body.source)  # committed; the connection is back
-    background.add_task(download_and_record, units, task.id, body.source, settings)
+    # After the response; a give-up is logged with its retry details, never raised.
+    download = Download(body.source, settings)
+    in_background(background, download_and_record, units, task.id, download)
     return ImportAccepted(id=task.id, status=task.status)
 
 
-def download_and_record(
-    units: Runner[ImportsUnitOfWork], import_id: int, source: str, settings: Settings
-) -> None:
-    """The background task: the runner holds no session and no connection while it waits."""
-    size = settings.download(source, settings.download_seconds)  # half an hour, in production
-    # One operation on a fresh connection, rerun whole if that connection is dead.
-    units.using(verify=outcome_recorded(import_id)).run(record_outcome, import_id, size)
-
-
 @router.get("/imports")
-def list_imports(source: str, units: ImportUnits) -> list[ImportStatus]:
-    return units.run(find_imports, source)
+async def list_imports(source: str, units: ImportUnits) -> list[ImportStatus]:
+    # The runner blocks while it talks to the database and while it waits to rerun:
+    # from an async endpoint, hand it to a worker thread so the event loop keeps serving.
+    return await run_in_threadpool(units.run, find_imports, source)
 
 
 @router.get("/imports/{import_id}")
@@ -230,7 +284,7 @@ def get_import(import_id: int, units: ImportUnits) -> ImportStatus:
 # --- THE OLD PATTERN: the seed incident, kept to compare. Do not copy. -----------------
 
 
-def get_db(units: ImportUnits) -> Iterator[Session]:
+def get_db(units: Units) -> Iterator[Session]:
     """The classic session dependency (here on the runner's engine, to share the pool)."""
     backend = units.backend
     if not isinstance(backend, SqlAlchemyBackend):
@@ -279,17 +333,17 @@ def download_and_record_old_pattern(
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application; the engine is created when it starts, disposed when it stops."""
     settings = settings or Settings.from_env()
-    app = FastAPI(
-        title="imports",
-        lifespan=units_lifespan(
-            settings.make_engine,
-            repositories=REPOSITORIES,
-            policy=settings.policy,
-            hooks=settings.hooks,
-        ),
-    )
+    configured = settings
+
+    def make_units() -> Runner[Imports]:  # at startup, in a worker thread
+        return Imports.factory(
+            configured.make_engine(), policy=configured.policy, hooks=configured.hooks
+        )
+
+    app = FastAPI(title="imports", lifespan=units_lifespan(make_units))
     app.state.settings = settings
     app.include_router(router)
+    install_exception_handlers(app)  # give-ups: 503 + Retry-After; lost COMMIT: its own 500
     return app
 
 

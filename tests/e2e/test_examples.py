@@ -1,7 +1,7 @@
-"""The examples and the README's code, run as subprocesses with this interpreter (the venv's).
+"""The examples, run as subprocesses with this interpreter (the venv's), as a user would.
 
 Each example runs on SQLite (no configuration) and against the throwaway MariaDB server
-through ``DATABASE_URL``; the README's runnable blocks run as one script, in order.
+through ``DATABASE_URL``. The README's and the documentation's code: ``test_docs.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import pytest
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
-RUN_MARKER = "<!-- test: run -->"
 # Short enough for the suite, long enough that MariaDB's wait_timeout=1 surely fires.
 FAST_INCIDENT = ["--wait-timeout", "1", "--download-seconds", "1.6"]
 
@@ -46,25 +44,6 @@ def succeeded(result: subprocess.CompletedProcess[str]) -> str:
 
 def run_example(name: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return run([sys.executable, str(ROOT / "examples" / name), *args], env)
-
-
-def python_blocks(text: str) -> list[tuple[int, bool, str]]:
-    """Every ```python block of a Markdown text: (first line number, runnable, code)."""
-    blocks = []
-    lines = text.splitlines()
-    index = 0
-    while index < len(lines):
-        if lines[index].strip() == "```python":
-            runnable = index > 0 and lines[index - 1].strip() == RUN_MARKER
-            end = lines.index("```", index + 1)
-            blocks.append((index + 2, runnable, "\n".join(lines[index + 1 : end]) + "\n"))
-            index = end
-        index += 1
-    return blocks
-
-
-def runnable_blocks() -> list[tuple[int, bool, str]]:
-    return [block for block in python_blocks(README.read_text()) if block[1]]
 
 
 def test_seed_incident_on_sqlite() -> None:
@@ -133,75 +112,6 @@ def test_scripts_example_runs_the_main_example() -> None:
     script = ROOT / "scripts" / "example"
     assert os.access(script, os.X_OK)
     assert "wrote exactly one row" in succeeded(run([str(script), *FAST_INCIDENT], clean_env()))
-
-
-def test_readme_quickstart_runs_alone(tmp_path: Path) -> None:
-    """The README's first runnable block is the self-contained quickstart and prints the task."""
-    line, _, code = runnable_blocks()[0]
-    assert "units.run(create_placeholder" in code
-    assert len(code.splitlines()) <= 22, f"the quickstart (line {line}) grew too long"
-    script = tmp_path / "quickstart.py"
-    script.write_text(code)
-    assert succeeded(run([sys.executable, str(script)], clean_env(), cwd=tmp_path)) == "1 t0001\n"
-
-
-def test_readme_runnable_blocks_run_in_order(tmp_path: Path) -> None:
-    """Every README block marked runnable runs, in order, as one script (a reader's session)."""
-    blocks = runnable_blocks()
-    assert len(blocks) >= 5
-    script = tmp_path / "readme.py"
-    script.write_text("".join(f"# --- README.md line {line}\n{code}" for line, _, code in blocks))
-    out = succeeded(run([sys.executable, str(script)], clean_env(), cwd=tmp_path))
-    assert "permanent 1 not retryable" in out
-    assert "CREATE TABLE retrying_uow_commit_markers" in out
-
-
-def test_readme_python_blocks_all_compile() -> None:
-    """The README's Python blocks that do not run (FastAPI, typing) are still valid Python."""
-    for line, _, code in python_blocks(README.read_text()):
-        compile(code, f"README.md:{line}", "exec")
-
-
-def test_readme_names_only_existing_objects() -> None:
-    """Every dotted `uow.` / `adapters.` name the README mentions can be imported or looked up."""
-    import importlib  # noqa: PLC0415 -- only this test needs it
-
-    names = set(re.findall(r"`((?:uow|adapters)(?:\.\w+)+)", README.read_text()))
-    assert "adapters.markers.create_commit_marker_table" in names
-    for name in sorted(names):
-        parts = name.split(".")
-        for split in range(len(parts), 0, -1):
-            try:
-                target: object = importlib.import_module(".".join(parts[:split]))
-            except ImportError:
-                continue
-            for attribute in parts[split:]:
-                assert hasattr(target, attribute), f"README names {name}, which does not exist"
-                target = getattr(target, attribute)
-            break
-        else:
-            pytest.fail(f"README names {name}, which does not exist")
-
-
-def test_readme_shows_the_commit_marker_ddl_the_code_produces() -> None:
-    """The README's SQL block is what commit_marker_ddl() returns for MySQL/MariaDB."""
-    from sqlalchemy.dialects import mysql  # noqa: PLC0415 -- only this test needs it
-
-    from adapters.markers import commit_marker_ddl  # noqa: PLC0415
-
-    shown = re.search(r"```sql\n(.*?)```", README.read_text(), re.DOTALL)
-    assert shown is not None
-    produced = commit_marker_ddl(mysql.dialect())
-    assert shown.group(1).split() == produced.split()
-
-
-def test_readme_names_the_two_commands() -> None:
-    """The README tells how to run the main example (SQLite and MySQL) and the whole suite."""
-    text = README.read_text()
-    assert "\nscripts/example " in text
-    assert "DATABASE_URL=mysql+pymysql://" in text
-    assert "scripts/example   # MySQL/MariaDB" in text
-    assert "\nscripts/test " in text
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -80,7 +80,7 @@ def test_observability_example_counts_retries_and_give_ups() -> None:
 def test_example_tests_run_with_the_plugin(args: list[str], env: dict[str, str]) -> None:
     """The user's example tests find the plugin's fixtures, loaded either way, and pass."""
     test_module = str(EXAMPLES / "test_domain_service_example.py")
-    result = run(["-m", "pytest", test_module, "-q", "-p", "no:cacheprovider", *args], **env)
+    result = run(["-m", "pytest", test_module, "-q", "-p", "no:cacheprovider", *args], ROOT, **env)
     assert "4 passed" in succeeded(result)
 
 

@@ -116,9 +116,9 @@ def test_swallowed_certification_conflict_is_not_committed(
     runner = SqlAlchemyUnitOfWork.factory(
         make_engine(second.url(database), pool_size=1), policy=POLICY
     )
-    caught: list[int] = []
+    caught: list[int | None] = []
 
-    def update_then_swallow(uow: Any) -> int:
+    def update_then_swallow(uow: SqlAlchemyUnitOfWork) -> int:
         uow.session.execute(text("UPDATE tally SET n = n + 1000 WHERE id = 1"))
         if uow.attempt.number == 1:
             # The same row, committed on another node: its write set aborts ours.
@@ -128,7 +128,7 @@ def test_swallowed_certification_conflict_is_not_committed(
                 try:
                     uow.session.execute(text("SELECT n FROM tally WHERE id = 2"))
                 except OperationalError as error:  # the mistake under test
-                    caught.append(error.orig.args[0])
+                    caught.append(error.orig.args[0] if error.orig is not None else None)
                     break
                 time.sleep(0.05)
         return uow.attempt.number

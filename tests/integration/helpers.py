@@ -50,7 +50,7 @@ class Database:
         return [row[0] for row in self.query("SELECT name FROM {db}.tasks ORDER BY name")]
 
     def counters(self) -> dict[str, int]:
-        return dict(self.query("SELECT name, value FROM {db}.counters"))  # type: ignore[arg-type]
+        return dict(self.query("SELECT name, value FROM {db}.counters"))
 
     def connection_alive(self, connection_id: int) -> bool:
         rows = self.query(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,7 @@ def test_default_policy_outlasts_a_kill_and_ten_seconds_of_downtime(
 
     writers = Threads()
     for i in range(WRITERS):
-        writers.start(f"w{i:02d}", lambda key=f"w{i:02d}": writer(key))
+        writers.start(f"w{i:02d}", functools.partial(writer, f"w{i:02d}"))
     time.sleep(1.0)
     private_mariadb.kill()
     killed_at = time.monotonic()

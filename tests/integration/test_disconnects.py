@@ -67,7 +67,8 @@ def test_runner_reruns_operation_that_idled_past_wait_timeout(
         uow.tasks.all()  # a read: this attempt's session holds its connection from here on
         if len(seen) == 1:
             db.wait_connection_gone(seen[0][1])  # idle past wait_timeout on the first attempt
-        return uow.tasks.add(Task(name=name))
+        task: Task = uow.tasks.add(Task(name=name))
+        return task
 
     task = runner.run(slow_import, "seed")
 
@@ -96,7 +97,8 @@ def test_killed_connection_mid_operation_is_rerun(
         uow.session.flush()  # the INSERT is on the server, inside the open transaction
         if len(seen) == 1:
             db.query("KILL CONNECTION %s", [seen[0]])
-        return uow.tasks.by_name(name)  # the next statement of attempt 1 meets the dead link
+        task: Task | None = uow.tasks.by_name(name)  # attempt 1 meets the dead link here
+        return task
 
     task = runner.run(create, "killed")
 

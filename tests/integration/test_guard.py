@@ -86,7 +86,7 @@ def test_short_operations_are_not_warned_about(
     runner = make_runner(engine, FAST_POLICY.override(warn_transaction_after=0.5))
 
     for name in ("a", "b", "c"):
-        runner.run(lambda uow, name=name: uow.tasks.add(Task(name=name)))
+        runner.run(lambda uow, name: uow.tasks.add(Task(name=name)), name)
     runner.run(lambda uow: uow.tasks.all())
 
     assert warnings_logged() == []

@@ -48,7 +48,8 @@ def test_result_is_usable_after_the_session_closed_and_kept_unit_of_work_is_refu
 
     def create(uow: Any, name: str) -> Task:
         kept.update(uow=uow, tasks=uow.tasks, session=uow.session)
-        return uow.tasks.add(Task(name=name))
+        task: Task = uow.tasks.add(Task(name=name))
+        return task
 
     task = runner.run(create, "kept")
 

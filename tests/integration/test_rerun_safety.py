@@ -73,7 +73,7 @@ class Target:
         with self.inspector.connect() as connection:
             names = list(connection.scalars(sa.select(Task.name).order_by(Task.name)))
             counters = connection.execute(sa.select(Counter.name, Counter.value)).all()
-        return names, dict(counters)  # type: ignore[arg-type]
+        return names, dict(counters)
 
     def check(self, runner: Runner[Any], operation: Any, *args: Any) -> Any:
         return check_rerun_safety(
@@ -237,6 +237,7 @@ def test_lost_connection_is_the_drivers_error_wrapped_and_invalidated(target: Ta
     assert error.connection_invalidated
     if target.dialect == "mysql":
         assert isinstance(error, OperationalError)
+        assert error.orig is not None
         assert type(error.orig) is pymysql.err.OperationalError
         assert error.orig.args == LOST
     else:
@@ -365,7 +366,7 @@ def test_every_new_backend_gets_the_attempt_listeners() -> None:
         for number in range(1, 301):
             backend = SqlAlchemyBackend(engine)
             transaction = backend.begin(AttemptInfo("op", 1, time.monotonic() + 10))
-            session = transaction.unit.session
+            session = transaction.session
             with pytest.raises(sa.exc.OperationalError, match="no such table"):
                 session.execute(text("SELECT * FROM missing"))  # an error the code swallows
             tracked = len(transaction.errors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -50,11 +51,12 @@ def test_operations_survive_server_crash_and_restart(
 
     def create(uow: Any, name: str) -> Task:
         attempts.setdefault(name, []).append(uow.attempt.number)
-        return uow.tasks.add(Task(name=name))
+        task: Task = uow.tasks.add(Task(name=name))
+        return task
 
     warming = Threads()
     for i in range(POOL_SIZE):
-        warming.start(f"warm-{i}", lambda i=i: runner.run(warm, f"warm-{i}"))
+        warming.start(f"warm-{i}", functools.partial(runner.run, warm, f"warm-{i}"))
     warming.join(timeout=30)
     assert warming.errors == {}
     assert engine.pool.checkedin() == POOL_SIZE  # type: ignore[attr-defined]
@@ -63,7 +65,7 @@ def test_operations_survive_server_crash_and_restart(
     private_mariadb.kill()
     during = Threads()
     for i in range(POOL_SIZE):
-        during.start(f"outage-{i}", lambda i=i: runner.run(create, f"outage-{i}"))
+        during.start(f"outage-{i}", functools.partial(runner.run, create, f"outage-{i}"))
     time.sleep(OUTAGE)
     private_mariadb.restart()
     during.join(timeout=policy.timeout + 10)

@@ -36,7 +36,7 @@ def test_swallowed_lock_wait_timeout_is_rolled_back_and_rerun(
         if details.kind is ErrorKind.LOCK_WAIT:
             locker.rollback()
 
-    caught: list[int] = []
+    caught: list[int | None] = []
 
     def insert_then_update(uow: Any) -> None:
         uow.tasks.add(Task(name="X"))
@@ -44,7 +44,7 @@ def test_swallowed_lock_wait_timeout_is_rolled_back_and_rerun(
         try:
             uow.session.execute(text("UPDATE counters SET value = value + 1 WHERE name = 'L'"))
         except OperationalError as error:  # the mistake under test: swallow and carry on
-            caught.append(error.orig.args[0])
+            caught.append(error.orig.args[0] if error.orig is not None else None)
 
     try:
         with locker.cursor() as cursor:

@@ -250,7 +250,8 @@ def test_freeze_stops_every_process_until_thaw(private_postgres: PostgresServer)
         server.thaw()
     query.join(30)
     assert answers == [(42,)]
-    assert not server.frozen
+    frozen: bool = server.frozen  # declared: mypy keeps the narrowing from before thaw()
+    assert not frozen
     assert {process_state(pid) for pid in server._server_pids()} <= {"S", "R", "D"}
     held.close()
     server.freeze()
@@ -296,7 +297,9 @@ def test_standby_streams_and_is_promoted(private_postgres: PostgresServer) -> No
     with pytest.raises(errors.ReadOnlySqlTransaction):
         before_promotion.execute("INSERT INTO items VALUES (2)")
     promote_seconds = standby.promote()
-    assert standby.primary is None
+    # Declared: mypy keeps the narrowing from before promote().
+    promoted_from: PostgresServer | None = standby.primary
+    assert promoted_from is None
     assert not standby.in_recovery()
     assert standby.replication_status() is None
     # A session opened before the promotion survives it and can write at once.

@@ -7,16 +7,28 @@ check, so each one proves that mypy catches that mistake.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, assert_type
 
-from typing_extensions import assert_type
+from sqlalchemy import create_engine
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import Session
 
 from adapters.memory import InMemoryRepository, InMemoryUnitOfWork
+from adapters.sqlalchemy import (
+    AsyncSqlAlchemyUnitOfWork,
+    SqlAlchemyRepository,
+    SqlAlchemyUnitOfWork,
+    repository,
+)
 from uow import (
+    AsyncRunner,
     Attempt,
     CommitOutcomeUnknown,
     ErrorKind,
+    JoinedAttempt,
+    Reason,
     RetryDetails,
     RetryHook,
     RetryPolicy,
@@ -44,6 +56,32 @@ class Tasks(UnitOfWork, Protocol):
     tasks: TaskRepository
 
 
+class Shop(InMemoryUnitOfWork):
+    """A typed unit of work: its repositories are declared, so mypy sees them."""
+
+    tasks = repository(TaskRepository)
+
+
+class TaskStore(Protocol):
+    """A port: what a service needs of a repository, whatever the store."""
+
+    def add(self, entity: Task) -> Task: ...
+    def by_name(self, name: str) -> Task | None: ...
+
+
+class TasksByPort(UnitOfWork, Protocol):
+    """A service's protocol over a port: the repository is a read-only property."""
+
+    @property
+    def tasks(self) -> TaskStore: ...
+
+
+class TasksByPortAttribute(UnitOfWork, Protocol):
+    """The same as a plain attribute: settable, so invariant; no adapter's class fits."""
+
+    tasks: TaskStore
+
+
 def on_retry(details: RetryDetails) -> None:
     assert_type(details.attempt, int)
     assert_type(details.kind, ErrorKind)
@@ -51,11 +89,14 @@ def on_retry(details: RetryDetails) -> None:
 
 
 hook: RetryHook = on_retry
-units: Runner[Tasks] = InMemoryUnitOfWork.factory(
-    repositories={"tasks": TaskRepository},
-    policy=RetryPolicy(attempts=3, timeout=10),
-    hooks=[hook],
-)
+assert_type(Shop.factory(), Runner[Shop])
+units: Runner[Tasks] = Shop.factory(policy=RetryPolicy(attempts=3, timeout=10), hooks=[hook])
+by_port: Runner[TasksByPort] = Shop.factory()
+by_attribute: Runner[TasksByPortAttribute] = Shop.factory()  # type: ignore[assignment]
+
+
+def typo(uow: Shop) -> None:
+    uow.taks.all()  # type: ignore[attr-defined]
 
 
 def create_placeholder(uow: Tasks, name: str) -> Task:
@@ -97,7 +138,7 @@ rename(1, nome="t0002")  # type: ignore[call-arg]
 # attempts(): the block form hands out the runner's unit-of-work type.
 def block_form() -> Task:
     for attempt in units.attempts("block"):
-        assert_type(attempt, Attempt[Tasks])
+        assert_type(attempt, Attempt[Tasks] | JoinedAttempt[Tasks])
         with attempt as uow:
             assert_type(uow, Tasks)
             task = uow.tasks.add(Task(name="t0003"))
@@ -115,12 +156,65 @@ def give_up_reason(error: BaseException) -> str | None:
     assert_type(details, RetryDetails | None)
     if isinstance(error, CommitOutcomeUnknown):
         assert_type(error.attempt, int)
+    if details is not None:
+        assert_type(details.reason, Reason)
+        assert_type(details.max_attempts, int | None)
     return None if details is None else details.reason
 
 
-# Policies are frozen.
+# Policies are frozen; attempts may be None (bounded by the time budget only).
 policy = RetryPolicy()
+assert_type(policy.attempts, int | None)
 policy.attempts = 3  # type: ignore[misc]
+
+
+# SQLAlchemy: a typed unit of work on a session; flush() before the commit for ids.
+class Row:
+    id: int
+    name: str
+
+
+class RowRepository(SqlAlchemyRepository[Row]):
+    model = Row
+
+
+class Rows(SqlAlchemyUnitOfWork):
+    rows = repository(RowRepository)
+
+
+rows = Rows.factory(create_engine("sqlite://"))
+assert_type(rows, Runner[Rows])
+
+
+def add_row(uow: Rows, name: str) -> int:
+    assert_type(uow.session, Session)
+    assert_type(uow.rows.all(), Sequence[Row])
+    row = uow.rows.add(Row())
+    row.name = name
+    uow.flush()  # the INSERT now: the id is known before the commit
+    return row.id
+
+
+assert_type(rows.run(add_row, "r1"), int)
+
+
+# The async runner: the same shapes, awaited.
+class AsyncRows(AsyncSqlAlchemyUnitOfWork):
+    pass
+
+
+async_rows = AsyncRows.factory(create_async_engine("sqlite+aiosqlite://"))
+assert_type(async_rows, AsyncRunner[AsyncRows])
+
+
+async def count_async(uow: AsyncRows) -> int:
+    await uow.flush()
+    return 0
+
+
+async def use_async() -> int:
+    return await async_rows.run(count_async)
+
 
 with set_testing(True, attempts=1) as state:
     assert_type(state.attempts, int | None)

@@ -104,7 +104,8 @@ def wrapped(
 
 def create_task(uow: Any, name: str) -> Task:
     """A domain service: adds one task and returns it."""
-    return uow.tasks.add(Task(name=name))
+    task: Task = uow.tasks.add(Task(name=name))
+    return task
 
 
 def run_call(runner: Runner[Any], name: str) -> Task:
@@ -135,8 +136,11 @@ def instant() -> Iterator[None]:
 
 @pytest.fixture
 def units() -> Iterator[Runner[Any]]:
-    """A runner on a fresh in-memory store with a ``tasks`` repository, retries instant."""
-    with set_testing(True):
+    """A runner on a fresh in-memory store with a ``tasks`` repository, retries instant.
+
+    Testing mode without its default cap, so the policy's own bounds are what is tested.
+    """
+    with set_testing(True, attempts=None):
         yield make_runner()
 
 

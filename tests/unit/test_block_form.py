@@ -5,14 +5,17 @@ Every loop checked here is written out in this file: the check reads the loop's 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from adapters.memory import InMemoryBackend
+from adapters.memory import AsyncInMemoryBackend
 from tests.unit.conftest import Task, TaskRepository, backend_of, committed_names
 from uow import AsyncRunner, BlockFormError, Runner
 from uow.testing import Fault, inject, set_testing
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def nothing_ran(runner: Any, body_ran: list[str]) -> bool:
@@ -31,7 +34,8 @@ def test_return_inside_the_with_block_is_refused(units: Runner[Any]) -> None:
         for attempt in units.attempts("create"):
             with attempt as uow:
                 ran.append("body")
-                return uow.tasks.add(Task(name="lost"))
+                task: Task = uow.tasks.add(Task(name="lost"))
+                return task
         raise AssertionError
 
     with pytest.raises(BlockFormError, match="`return` inside the block form's loop"):
@@ -47,8 +51,8 @@ def test_return_after_the_with_block_is_refused(units: Runner[Any]) -> None:
         for attempt in units.attempts("create"):
             with attempt as uow:
                 ran.append("body")
-                task = uow.tasks.add(Task(name="lost"))
-            return task  # noqa: RET504 -- a return after the block is the subject
+                task: Task = uow.tasks.add(Task(name="lost"))
+            return task  # a return after the block is the subject
         raise AssertionError
 
     with pytest.raises(BlockFormError, match=r"test_block_form\.py:\d+: `return`"):
@@ -96,7 +100,8 @@ def test_return_inside_an_inner_loop_is_refused(units: Runner[Any]) -> None:
     def first_match() -> str:
         for attempt in units.attempts("find"):
             with attempt as uow:
-                for task in uow.tasks.all():
+                tasks: Sequence[Task] = uow.tasks.all()
+                for task in tasks:
                     ran.append("body")
                     return task.name
         return ""
@@ -254,7 +259,7 @@ def test_attempt_entered_twice_is_refused(units: Runner[Any]) -> None:
 def aunits() -> Any:
     """An async runner on a fresh in-memory store, retries instant."""
     with set_testing(True):
-        yield AsyncRunner(InMemoryBackend({"tasks": TaskRepository}))
+        yield AsyncRunner(AsyncInMemoryBackend({"tasks": TaskRepository}))
 
 
 @pytest.mark.anyio

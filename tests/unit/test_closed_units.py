@@ -63,7 +63,7 @@ def test_unit_of_work_without_repositories_says_none() -> None:
     """With no repositories registered the message says so."""
     runner = InMemoryUnitOfWork.factory()
     with pytest.raises(AttributeError, match=r"repositories: none"):
-        runner.run(lambda uow: uow.tasks)
+        runner.run(lambda uow: uow.tasks)  # type: ignore[attr-defined]  # the mistake under test
 
 
 def test_getattr_on_an_uninitialised_unit_of_work_raises_attribute_error() -> None:
@@ -101,7 +101,7 @@ def test_declared_repository_cannot_be_replaced() -> None:
     """Assigning to a declared repository is an AttributeError naming it."""
 
     def replace(uow: Shop) -> None:
-        uow.tasks = None  # type: ignore[assignment]
+        uow.tasks = None  # type: ignore[assignment]  # the mistake under test: mypy refuses it too
 
     with pytest.raises(AttributeError, match="'tasks'"):
         Shop.factory().run(replace)

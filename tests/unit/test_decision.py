@@ -255,7 +255,8 @@ def test_reason_compares_and_hashes_as_its_string() -> None:
     reason = Reason.ATTEMPTS_EXHAUSTED
     assert reason == "attempts exhausted"
     assert reason in {"attempts exhausted"}  # noqa: FURB171 -- set membership hashes it
-    assert {reason: 1}["attempts exhausted"] == 1
+    by_reason: dict[str, int] = {reason: 1}
+    assert by_reason["attempts exhausted"] == 1
     assert isinstance(reason, str)
     assert str(reason) == f"{reason}" == "attempts exhausted"
     assert Reason("time budget exhausted") is Reason.TIME_BUDGET_EXHAUSTED
@@ -263,6 +264,6 @@ def test_reason_compares_and_hashes_as_its_string() -> None:
 
 def test_will_retry_is_the_empty_string() -> None:
     """WILL_RETRY is "", so a record's reason is falsy exactly when the operation is retried."""
-    assert Reason.WILL_RETRY == ""
+    assert Reason.WILL_RETRY == ""  # type: ignore[comparison-overlap]  # a StrEnum equals its value
     assert not Reason.WILL_RETRY
     assert all(member for member in Reason if member is not Reason.WILL_RETRY)

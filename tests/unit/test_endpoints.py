@@ -20,7 +20,12 @@ class Clock:
 
 def test_endpoints_parse_every_spelling() -> None:
     """Host, host:port, (host, port) and Endpoint all give an Endpoint."""
-    given = ["db1", "db2:3307", ("db3", 3308), Endpoint("db4", 3309)]
+    given: list[str | tuple[str, int] | Endpoint] = [
+        "db1",
+        "db2:3307",
+        ("db3", 3308),
+        Endpoint("db4", 3309),
+    ]
     assert Endpoints(given).endpoints == (
         Endpoint("db1", 3306),
         Endpoint("db2", 3307),

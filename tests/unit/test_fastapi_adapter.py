@@ -23,7 +23,7 @@ from adapters.fastapi import (
     install_exception_handlers,
     units_lifespan,
 )
-from adapters.memory import InMemoryBackend, SimulatedError
+from adapters.memory import AsyncInMemoryBackend, InMemoryBackend, SimulatedError
 from adapters.sqlalchemy import SqlAlchemyBackend, SqlAlchemyUnitOfWork
 from tests.unit.conftest import CAPPED, LOGGER, Task, TaskRepository, make_runner
 from uow import AsyncRunner, ErrorKind, Runner, UnitOfWorkClosedError
@@ -47,6 +47,10 @@ class DisposableBackend(InMemoryBackend):
 
     def dispose(self) -> None:
         self.events.append("dispose")
+
+
+class AsyncDisposableBackend(AsyncInMemoryBackend, DisposableBackend):
+    """The same store for the async runner."""
 
 
 class Opened:
@@ -76,7 +80,7 @@ def make_app(opened: Opened) -> FastAPI:
     def create(name: str, units: Units, background: BackgroundTasks) -> dict[str, Any]:
         received.append(units)
         task = units.run(add_task, name)
-        in_background(background, units, add_task, f"{name}-later")
+        in_background(background, units.run, add_task, f"{name}-later")
         return {"id": task.id, "name": task.name}
 
     @app.get("/tasks")
@@ -208,11 +212,11 @@ def test_tests_can_override_the_runner_and_nothing_is_built() -> None:
 def test_async_endpoints_get_the_async_runner() -> None:
     """AsyncUnits gives an async def endpoint the AsyncRunner the lifespan built."""
     events: list[str] = []
-    app = FastAPI(lifespan=units_lifespan(lambda: AsyncRunner(DisposableBackend(events))))
+    app = FastAPI(lifespan=units_lifespan(lambda: AsyncRunner(AsyncDisposableBackend(events))))
 
     @app.post("/tasks")
     async def create(name: str, units: AsyncUnits) -> str:
-        return (await units.run(add_task, name)).name
+        return (await units.run(add_task, name)).name  # type: ignore[arg-type]  # plain functions run too; run() is typed for awaitables
 
     with TestClient(app) as client:
         assert client.post("/tasks", params={"name": "a1"}).json() == "a1"
@@ -220,22 +224,22 @@ def test_async_endpoints_get_the_async_runner() -> None:
 
 
 def test_background_failure_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
-    """A background operation that gives up is logged at ERROR with its details; the app goes on."""
+    """A background job that gives up is logged at ERROR with its details; the app goes on."""
     caplog.set_level(logging.ERROR, logger=LOGGER)
     runner = make_runner(CAPPED.override(attempts=2))
     app = FastAPI()
 
     @app.post("/later")
     def later(units: Units, background: BackgroundTasks) -> str:
-        in_background(background, units, add_task, "never")
+        in_background(background, units.run, add_task, "never")
         return "accepted"
 
     app.dependency_overrides[get_units] = lambda: runner
     with set_testing(True), inject(Fault.disconnect(at=1, times=2)), TestClient(app) as client:
         assert client.post("/later").json() == "accepted"
         assert client.post("/later").status_code == 200  # the connection still serves
-    (record,) = [r for r in caplog.records if "background operation" in r.getMessage()]
-    assert "add_task failed: SimulatedError (attempts exhausted)" in record.getMessage()
+    (record,) = [r for r in caplog.records if "background task" in r.getMessage()]
+    assert "run failed: SimulatedError (attempts exhausted)" in record.getMessage()
     assert record.uow_attempt == 2  # type: ignore[attr-defined]
 
 

@@ -46,7 +46,8 @@ def create(uow: Any, name: str) -> Task:
     """Two statements: a read, then the insert (flushed at the commit)."""
     if any(t.name == name for t in uow.tasks.all()):
         raise ValueError(name)
-    return uow.tasks.add(Task(name=name))
+    task: Task = uow.tasks.add(Task(name=name))
+    return task
 
 
 @pytest.fixture
@@ -274,7 +275,8 @@ class Created:
 
 def create_with_event(uow: Any, name: str) -> Task:
     """Idempotent: a rerun after an applied lost COMMIT finds the task and records again."""
-    task = next((t for t in uow.tasks.all() if t.name == name), None) or uow.tasks.add(Task(name))
+    found = next((t for t in uow.tasks.all() if t.name == name), None)
+    task: Task = found or uow.tasks.add(Task(name))
     uow.record_event(Created(name))
     return task
 

@@ -92,7 +92,7 @@ def recording() -> RecordingBackend:
 @pytest.fixture
 def runner(recording: RecordingBackend, instant: None) -> Runner[Any]:
     del instant
-    return Runner(recording)  # type: ignore[arg-type]
+    return Runner(recording)
 
 
 def test_success_prepares_then_commits_then_closes(
@@ -194,7 +194,7 @@ def test_unknown_runner_setting_is_a_type_error_naming_it() -> None:
     with pytest.raises(TypeError, match="idempotnet"):
         Runner(InMemoryBackend(), idempotnet=True)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="RetryPolicy"):
-        Runner(InMemoryBackend(), policy={"attempts": 3})  # type: ignore[typeddict-item]
+        Runner(InMemoryBackend(), policy={"attempts": 3})  # type: ignore[arg-type]  # the mistake under test
 
 
 def test_error_kind_prints_as_its_value() -> None:

@@ -45,7 +45,7 @@ def test_ids_are_assigned_at_the_flush_not_at_add(units: Runner[Any]) -> None:
     seen: list[int | None] = []
 
     def op(uow: Any) -> Task:
-        task = uow.tasks.add(Task(name="a"))
+        task: Task = uow.tasks.add(Task(name="a"))
         seen.append(task.id)
         uow.flush()
         seen.append(task.id)

@@ -114,7 +114,8 @@ def test_two_runners_on_one_store_share_one_attempt_and_one_commit() -> None:
         nonlocal inner_calls
         inner_calls += 1
         uow.tasks.all()  # statement 2 (after the flush of "outer"): fails on attempt 1
-        return uow.tasks.add(Task(name="inner"))
+        task: Task = uow.tasks.add(Task(name="inner"))
+        return task
 
     def outer(uow: Any) -> Task:
         uow.tasks.add(Task(name="outer"))

@@ -181,7 +181,7 @@ def test_partial_kind_override_keeps_the_kinds_other_defaults() -> None:
     assert policy.interrupted.retry is False
     assert policy.deadlock.wait_initial == 0.01
     assert policy.deadlock.attempts == 9
-    assert RetryPolicy(interrupted={"attempts": 2}).interrupted.retry is False  # type: ignore[arg-type]
+    assert RetryPolicy(interrupted={"attempts": 2}).interrupted.retry is False
 
 
 def test_max_attempts_takes_the_lower_of_policy_and_kind() -> None:

@@ -30,7 +30,8 @@ def create(uow: Any, name: str) -> Task:
     """Two statements: a read, then the insert (flushed at the commit)."""
     if any(t.name == name for t in uow.tasks.all()):
         raise ValueError(name)
-    return uow.tasks.add(Task(name=name))
+    task: Task = uow.tasks.add(Task(name=name))
+    return task
 
 
 @dataclass
@@ -114,7 +115,8 @@ def test_mail_sent_inside_the_unit_of_work_is_flagged(world: World) -> None:
     def create_and_mail(uow: Any, name: str) -> Task:
         uow.tasks.all()
         world.outbox.append(f"created {name}")  # sent before the commit, sent again on rerun
-        return uow.tasks.add(Task(name=name))
+        task: Task = uow.tasks.add(Task(name=name))
+        return task
 
     report = world.check(create_and_mail, "a")
     assert [str(f.fault) for f in report.unsafe] == ["disconnect (2013) at statement 2"]

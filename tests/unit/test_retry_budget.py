@@ -1,15 +1,15 @@
-"""The retry budget: runners on one store share it; a retry it cannot pay is not made."""
+"""The retry budget: runners on one store share it; a retry it cannot pay waits, or gives up."""
 
 from __future__ import annotations
 
 import pytest
 
 from adapters.memory import SimulatedError
-from tests.unit.conftest import FakeClock, backend_of, clocked_runner, create_task
+from tests.unit.conftest import FakeClock, backend_of, clocked_runner, create_task, make_runner
 from uow import Reason, RetryPolicy, Runner, retry_details
-from uow.testing import Fault, inject
+from uow.testing import Fault, inject, set_testing
 
-ONE_RETRY = RetryPolicy(retry_budget={"ratio": 0, "min_per_second": 0.1, "ttl": 10})  # type: ignore[arg-type]
+ONE_RETRY = RetryPolicy(retry_budget={"ratio": 0, "min_per_second": 0.1, "ttl": 10})
 """A reserve of exactly one retry, and no deposits."""
 
 
@@ -23,32 +23,55 @@ def test_a_fake_clock_can_measure_the_budget(clock: FakeClock) -> None:
     assert clocked_runner(FakeClock()).retry_budget is not runner.retry_budget
 
 
-def test_a_retry_the_budget_cannot_pay_gives_up_at_once(clock: FakeClock) -> None:
-    """Once the reserve is spent, the next failure ends its operation: RETRY_BUDGET_EXHAUSTED."""
+def test_a_retry_the_budget_cannot_pay_waits_for_it(clock: FakeClock) -> None:
+    """The reserve pays one failing retry; the next waits until that withdrawal expires."""
     runner = clocked_runner(clock, ONE_RETRY)
-    with inject(Fault.disconnect(at=1)):
-        runner.run(create_task, "paid by the reserve")
-    with pytest.raises(SimulatedError) as excinfo, inject(Fault.disconnect(at=1)):
+    started = clock.now
+    with inject(Fault.disconnect(at=1, times=2)):
+        runner.run(create_task, "paid once the first withdrawal expired")
+    assert backend_of(runner).attempts == 3  # no attempt was made while it waited
+    assert clock.now - started >= 10  # the failed retry's withdrawal counted for ttl=10 s
+    budget = runner.retry_budget
+    assert budget is not None
+    assert (budget.withdrawals, budget.refunds) == (2, 1)
+    assert budget.refusals >= 1
+
+
+def test_a_retry_that_succeeds_gives_its_withdrawal_back(clock: FakeClock) -> None:
+    """Only failing retries are capped: a retry that commits leaves the budget as it was."""
+    runner = clocked_runner(clock, ONE_RETRY)
+    for name in ("first", "second", "third"):
+        with inject(Fault.disconnect(at=1)):
+            runner.run(create_task, name)
+    assert backend_of(runner).attempts == 6
+    budget = runner.retry_budget
+    assert budget is not None
+    assert (budget.withdrawals, budget.refunds, budget.refusals) == (3, 3, 0)
+
+
+def test_a_retry_the_budget_cannot_pay_in_time_gives_up(clock: FakeClock) -> None:
+    """When the budget stays empty past the time budget: RETRY_BUDGET_EXHAUSTED, no attempt."""
+    runner = clocked_runner(clock, ONE_RETRY.override(timeout=5))
+    with pytest.raises(SimulatedError) as excinfo, inject(Fault.disconnect(at=1, times=3)):
         runner.run(create_task, "refused")
     details = retry_details(excinfo.value)
     assert details is not None
-    assert (details.attempt, details.reason) == (1, Reason.RETRY_BUDGET_EXHAUSTED)
-    assert details.reason == "retry budget exhausted"
-    assert backend_of(runner).attempts == 3
-    budget = runner.retry_budget
-    assert budget is not None
-    assert (budget.deposits, budget.withdrawals, budget.refusals) == (2, 1, 1)
+    assert (details.attempt, details.will_retry) == (2, False)
+    assert details.reason == Reason.RETRY_BUDGET_EXHAUSTED == "retry budget exhausted"  # type: ignore[comparison-overlap]  # a StrEnum equals its value
+    assert backend_of(runner).attempts == 2
 
 
-def test_the_budget_recovers_after_its_ttl(clock: FakeClock) -> None:
-    """A withdrawal counts for ttl seconds only: afterwards the reserve pays again."""
-    runner = clocked_runner(clock, ONE_RETRY)
-    with inject(Fault.disconnect(at=1)):
-        runner.run(create_task, "first")
-    clock.advance(11)
-    with inject(Fault.disconnect(at=1)):
-        runner.run(create_task, "second")
-    assert backend_of(runner).attempts == 4
+def test_in_testing_mode_a_refused_retry_gives_up_at_once() -> None:
+    """Testing mode skips waits, so an empty budget ends the operation at once."""
+    runner = make_runner(ONE_RETRY)
+    with (
+        set_testing(True),
+        pytest.raises(SimulatedError) as excinfo,
+        inject(Fault.disconnect(at=1, times=3)),
+    ):
+        runner.run(create_task, "refused")
+    assert retry_details(excinfo.value).reason == Reason.RETRY_BUDGET_EXHAUSTED  # type: ignore[union-attr]
+    assert backend_of(runner).attempts == 2
 
 
 def test_no_budget_when_the_policy_has_none(clock: FakeClock) -> None:

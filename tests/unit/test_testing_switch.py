@@ -137,3 +137,15 @@ def test_testing_state_is_not_collected_as_a_test() -> None:
     """TestingState, imported into a test module, is not mistaken for a test class."""
     marker: Any = TestingState
     assert marker.__test__ is False
+
+
+def test_testing_mode_caps_attempts_at_ten_by_default() -> None:
+    """Waits are skipped in testing mode, so a fault that never ends stops after 10 attempts."""
+    runner = make_runner()
+    with (
+        set_testing(True),
+        inject(Fault.disconnect(at=1, times=50), strict=False),
+        pytest.raises(SimulatedError),
+    ):
+        runner.run(create_task, "never")
+    assert backend_of(runner).attempts == 10
