@@ -76,9 +76,11 @@ class Driver:
             fileno = getattr(connection, "fileno", None)
             return fileno() if callable(fileno) else None
         if self.name == "mariadbconnector":
-            held = getattr(connection, "socket", None)  # its public, cached socket object
-            fileno = getattr(held, "fileno", None)
-            return fileno() if callable(fileno) else None
+            # Its public ``socket`` property wraps the descriptor in a socket object that
+            # closes it when collected: the descriptor itself is all the watchdog needs.
+            get_socket = getattr(connection, "_get_socket", None)
+            number = get_socket() if callable(get_socket) else None
+            return number if isinstance(number, int) and number >= 0 else None
         return None
 
     def seconds(self, value: float) -> float:
