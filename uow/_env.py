@@ -1,11 +1,11 @@
-"""Reading a `RetryPolicy` from environment variables, with errors that name them."""
+"""Reading a policy model (`RetryPolicy`) from environment variables, with errors that name them."""
 
 from __future__ import annotations
 
 import difflib
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -15,11 +15,12 @@ from uow._kinds import ErrorKind
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from uow._policy import RetryPolicy
 
 _NONE = {"", "none", "null"}
 _NOT_POLICY = frozenset({"RETRYING_UOW_STRICT"})
 """Variables with the prefix that configure something else than the policy."""
+M = TypeVar("M", bound=BaseModel)
+
 _KINDS = frozenset(kind.value for kind in ErrorKind)
 _EXPECTED = {
     "attempts": "a whole number from 1 to 1000, or none",
@@ -38,9 +39,7 @@ _EXPECTED = {
 _KIND_FORM = 'a JSON object of the kind\'s settings, e.g. {"attempts": 3, "wait_max": 1}'
 
 
-def read_policy(
-    cls: type[RetryPolicy], prefix: str, environ: Mapping[str, str] | None = None
-) -> RetryPolicy:
+def read_policy(cls: type[M], prefix: str, environ: Mapping[str, str] | None = None) -> M:
     """Build a policy from ``environ`` (the process environment by default)."""
     environ = os.environ if environ is None else environ
     data: dict[str, Any] = {}
@@ -78,10 +77,10 @@ def read_policy(
             return cls.model_validate(data)
         except ValidationError as error:
             problems.extend(_renamed(error, sources, prefix))
-    raise ValidationError.from_exception_data("RetryPolicy.from_env", problems)
+    raise ValidationError.from_exception_data(f"{cls.__name__}.from_env", problems)
 
 
-def _nested_fields(cls: type[RetryPolicy]) -> dict[str, frozenset[str]]:
+def _nested_fields(cls: type[BaseModel]) -> dict[str, frozenset[str]]:
     """Map the policy's fields that are models of their own (kinds, budget) to their fields."""
     nested: dict[str, frozenset[str]] = {}
     for name, field in cls.model_fields.items():

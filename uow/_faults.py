@@ -14,17 +14,25 @@ import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from uow._kinds import ErrorKind, commit_outcome_unknown
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    from uow._protocols import AttemptInfo
-
 Point = int | Literal["commit"]
 """Where a fault strikes in an attempt: the N-th statement (from 1) or its COMMIT."""
+
+
+class _Attempt(Protocol):
+    """What an injection needs to know of the attempt that reached a point."""
+
+    @property
+    def operation(self) -> str: ...
+
+    @property
+    def number(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +156,7 @@ class Injection:
         """Return how many attempts of an operation reached a statement or COMMIT."""
         return max((p.attempt for p in self._points if p.operation == operation), default=0)
 
-    def take(self, attempt: AttemptInfo, at: Point) -> Fault | None:
+    def take(self, attempt: _Attempt, at: Point) -> Fault | None:
         """Note that ``attempt`` reached ``at``; return the fault due there, if any."""
         with self._lock:
             self._points.append(InjectionPoint(attempt.operation, attempt.number, at))

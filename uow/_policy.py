@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from uow._env import read_policy
 from uow._kinds import ErrorKind
 
 ENV_PREFIX = "RETRYING_UOW_"
@@ -191,6 +192,4 @@ class RetryPolicy(BaseModel):
         and the expected form; a variable with the prefix that names no setting is an
         error too, naming the closest valid one.
         """
-        from uow._env import read_policy  # noqa: PLC0415 -- the reader needs this class
-
         return read_policy(cls, prefix)

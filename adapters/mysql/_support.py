@@ -12,8 +12,8 @@ from sqlalchemy.exc import DBAPIError
 from adapters.mysql._drivers import driver, in_transaction
 from adapters.mysql._errors import classify, errno_of
 from adapters.mysql._tls import connect_sharing_tls_context
-from adapters.sqlalchemy._databases import Effect, generic_effect
 from adapters.sqlalchemy._guard import idle_cause
+from adapters.sqlalchemy._statements import Effect, generic_effect
 from uow import Classification, ErrorKind
 
 if TYPE_CHECKING:

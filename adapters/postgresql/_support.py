@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError
 
 from adapters.postgresql import _drivers, _outcome
 from adapters.postgresql._errors import classify, sqlstate_of
-from adapters.sqlalchemy._databases import Effect, generic_effect
+from adapters.sqlalchemy._statements import Effect, generic_effect
 from uow import Classification, ErrorKind
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from adapters.sqlalchemy._async import (
     AsyncSqlAlchemyUnitOfWork,
 )
 from adapters.sqlalchemy._backend import SessionTransaction, SqlAlchemyBackend
-from adapters.sqlalchemy._databases import DatabaseSupport, Effect
+from adapters.sqlalchemy._databases import DatabaseSupport
 from adapters.sqlalchemy._engine import create_engine
 from adapters.sqlalchemy._generic import classify_generic
 from adapters.sqlalchemy._markers import (
@@ -35,6 +35,7 @@ from adapters.sqlalchemy._markers import (
     commit_markers_table,
     create_commit_marker_table,
 )
+from adapters.sqlalchemy._statements import Effect
 from adapters.sqlalchemy._strict import StrictMode, StrictModeError, strict
 from adapters.sqlalchemy._unit import (
     Classifier,

@@ -5,20 +5,23 @@ The adapter itself knows nothing of MySQL or PostgreSQL. A database package (``a
 classifies errors, bounds reads by the attempt's remaining time, reads what identifies a connection
 for a lost-COMMIT lookup (and, where the database can tell, settles a lost COMMIT without a marker),
 and names the statements that end a transaction on that database. Databases without a package of
-their own (SQLite, and any other) get the generic rules of `adapters.sqlalchemy._generic`.
+their own (SQLite, and any other) get the generic rules of `adapters.sqlalchemy._generic`; the
+statement rules every database shares are in `adapters.sqlalchemy._statements`.
 """
 
 from __future__ import annotations
 
-import enum
 import importlib
 from typing import TYPE_CHECKING, Any, Protocol
+
+from adapters.sqlalchemy._generic import GENERIC
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Dialect, Engine
     from sqlalchemy.orm import Session
 
     from adapters.sqlalchemy._state import AttemptState
+    from adapters.sqlalchemy._statements import Effect
     from uow import Classification
     from uow.testing import Fault
 
@@ -28,15 +31,6 @@ _SUPPORT_MODULES = {
     "postgresql": "adapters.postgresql",
 }
 """SQLAlchemy dialect name -> the package whose ``SUPPORT`` serves it."""
-
-
-class Effect(enum.Enum):
-    """What a statement does to the attempt's transaction."""
-
-    READ = "read"
-    WRITE = "write"
-    ENDS = "ends"
-    """It commits, rolls back or restarts the transaction (refused inside an operation)."""
 
 
 class DatabaseSupport(Protocol):
@@ -110,63 +104,6 @@ def support_for(dialect: Dialect) -> DatabaseSupport:
     """Return the support of a dialect's database (generic when it has no package)."""
     module = _SUPPORT_MODULES.get(dialect.name)
     if module is None:
-        from adapters.sqlalchemy._generic import GENERIC  # noqa: PLC0415 -- avoids a cycle
-
         return GENERIC
     support: DatabaseSupport = importlib.import_module(module).SUPPORT
     return support
-
-
-_READS = frozenset(
-    {"SELECT", "SHOW", "EXPLAIN", "DESCRIBE", "DESC", "SAVEPOINT", "RELEASE", "VALUES",
-     "TABLE", "HANDLER", "USE", "PRAGMA", "FETCH", "DECLARE", "CLOSE", "MOVE", "LISTEN",
-     "UNLISTEN"}
-)  # fmt: skip
-_CONTROL = frozenset({"COMMIT", "BEGIN", "START", "END", "ABORT", "XA"})
-_WRITING_WORDS = ("INSERT", "UPDATE", "DELETE", "MERGE", "REPLACE")
-
-
-def generic_effect(keyword: str, statement: str) -> tuple[Effect, str]:  # noqa: PLR0911 -- a table
-    """Apply the rules every database shares: control ends it, reads read, the rest writes."""
-    if keyword == "SELECT":
-        return Effect.READ, keyword
-    if keyword in {"INSERT", "UPDATE", "DELETE"}:
-        return Effect.WRITE, keyword
-    if keyword == "ROLLBACK":
-        second = _word(statement, 1)
-        if second == "TO" or (second == "WORK" and _word(statement, 2) == "TO"):
-            return Effect.READ, "ROLLBACK TO SAVEPOINT"
-        return Effect.ENDS, "ROLLBACK"
-    if keyword in _CONTROL or (keyword == "PREPARE" and _word(statement, 1) == "TRANSACTION"):
-        name = "START TRANSACTION" if keyword == "START" else keyword
-        return Effect.ENDS, name
-    if keyword == "SET":
-        head = statement[:80].upper()
-        if "AUTOCOMMIT" in head:
-            return Effect.ENDS, "SET autocommit"
-        return Effect.READ, keyword
-    if keyword in _READS:
-        return Effect.READ, keyword
-    if keyword == "WITH":
-        upper = statement.upper()
-        writes = any(word in upper for word in _WRITING_WORDS)
-        return (Effect.WRITE if writes else Effect.READ), keyword
-    return Effect.WRITE, keyword
-
-
-def first_keyword(statement: str) -> str:
-    """Return the first SQL keyword of a statement, upper-cased, past comments."""
-    return _word(statement, 0)
-
-
-def _word(statement: str, index: int) -> str:
-    text = statement.lstrip()
-    while text.startswith(("/*", "--", "#")):
-        if text.startswith("/*"):
-            end = text.find("*/")
-            text = text[end + 2 :].lstrip() if end >= 0 else ""
-        else:
-            end = text.find("\n")
-            text = text[end + 1 :].lstrip() if end >= 0 else ""
-    parts = text[:200].replace("(", " ").replace(";", " ").split(None, index + 1)
-    return parts[index].upper() if len(parts) > index else ""

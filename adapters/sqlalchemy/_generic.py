@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
 
-from adapters.sqlalchemy._databases import Effect, generic_effect
+from adapters.sqlalchemy._statements import Effect, generic_effect
 from uow import Classification, ErrorKind
 
 if TYPE_CHECKING:

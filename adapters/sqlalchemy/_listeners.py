@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event
 
 from adapters.sqlalchemy import _guard, _strict
-from adapters.sqlalchemy._databases import Effect, first_keyword
 from adapters.sqlalchemy._state import attempt_of_connection, connection_state
+from adapters.sqlalchemy._statements import Effect, first_keyword
 from adapters.sqlalchemy._watchdog import WATCHDOG
 from uow import ErrorKind, TransactionControlError, UnitOfWorkError
 
