@@ -4,35 +4,17 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import IntegrityError
-
+from adapters.memory._work import SimulatedError, Work, entity_state
 from uow import AttemptInfo, AttemptScope, Classification, ErrorKind, NestingError
 
 if TYPE_CHECKING:
-    from adapters.memory._units import MemoryUnit, RepositoryBase
-    from uow._faults import Point
+    from adapters.memory._units import MemoryUnit
 
 RepositoryFactory = Callable[[Any], Any]
 Tables = dict[str, dict[Hashable, Any]]
-
-
-class SimulatedError(Exception):
-    """A database failure of a given kind, raised where an injected fault strikes."""
-
-    def __init__(self, kind: ErrorKind, errno: int | None = None) -> None:
-        """Describe the simulated failure by its kind (and errno, for log assertions)."""
-        super().__init__(
-            f"simulated {kind.value} failure" + ("" if errno is None else f" ({errno})")
-        )
-        self.kind = kind
-        self.errno = errno
-
-
-class DuplicateKey(Exception):
-    """The stand-in driver error behind the ``IntegrityError`` of a duplicate key."""
 
 
 class InMemoryBackend:
@@ -46,7 +28,9 @@ class InMemoryBackend:
         commit_markers: bool = False,
     ) -> None:
         """Register the repositories; ``commit_markers`` lets lost COMMITs be resolved."""
-        self.tables: Tables = {}
+        self._tables: Tables = {}
+        self._last_ids: dict[str, int] = {}
+        self._ids: Iterator[int] = itertools.count(1)
         self.commit_markers = commit_markers
         self.repositories = dict(repositories or {})
         if unit_class is None:
@@ -56,16 +40,47 @@ class InMemoryBackend:
         self.unit_class = unit_class
         self.attempts = 0
         self.commits = 0
-        self._ids = itertools.count(1)
+
+    @property
+    def tables(self) -> Tables:
+        """The committed tables, by name: each maps primary keys to entities."""
+        return self._tables
+
+    @tables.setter
+    def tables(self, tables: Tables) -> None:
+        """Replace the store's content (a test's reset): each sequence continues after its table."""
+        self._tables = tables
+        self._last_ids = {}
+        for name, rows in tables.items():
+            for ident in rows:
+                self.used_id(name, ident)
+
+    def apply(self, tables: Tables) -> None:
+        """Make an attempt's tables the committed ones: its COMMIT (ids it took stay taken)."""
+        self._tables = tables
+        self.commits += 1
 
     @property
     def database(self) -> object:
         """The store itself: runners on the same store nest by joining."""
         return self
 
-    def next_id(self) -> int:
-        """Return a fresh identifier, like an auto-increment column (never reused)."""
-        return next(self._ids)
+    def next_id(self, table: str | None = None) -> int:
+        """Return a fresh id of ``table``, as its auto-increment column gives (never reused).
+
+        Each table has a sequence of its own, which ids given explicitly move past; without
+        a table, ids come from one sequence of the store's.
+        """
+        if table is None:
+            return next(self._ids)
+        ident = self._last_ids.get(table, 0) + 1
+        self._last_ids[table] = ident
+        return ident
+
+    def used_id(self, table: str, ident: object) -> None:
+        """Note an id given explicitly: the table's sequence continues after it."""
+        if isinstance(ident, int) and not isinstance(ident, bool):
+            self._last_ids[table] = max(self._last_ids.get(table, 0), ident)
 
     def begin(self, attempt: AttemptInfo) -> MemoryTransaction:
         """Open an attempt on a private copy of the committed tables."""
@@ -96,63 +111,6 @@ class InMemoryBackend:
         return f"InMemoryBackend(tables={sorted(self.tables)})"
 
 
-class Work:
-    """One attempt's working copy, pending changes and what went wrong, shared by joined units."""
-
-    def __init__(self, backend: InMemoryBackend, attempt: AttemptInfo) -> None:
-        self.backend = backend
-        self.attempt = attempt
-        self.tables: Tables = copy.deepcopy(backend.tables)
-        self.pending: list[tuple[RepositoryBase[Any], Any, bool]] = []
-        """(repository, entity, added): added, or removed when ``added`` is false."""
-        self.errors: list[BaseException] = []
-        self.statements = 0
-        self.flushed = False
-
-    def statement(self) -> None:
-        """Count one statement; raise the injected fault due there."""
-        self.statements += 1
-        self.strike(self.statements)
-
-    def strike(self, at: Point) -> None:
-        fault = self.attempt.fault_at(at)
-        if fault is not None:
-            error = SimulatedError(fault.kind, fault.errno)
-            self.errors.append(error)
-            raise error
-
-    def flush(self) -> None:
-        """Apply pending additions and removals: ids assigned, unique keys checked."""
-        if not self.pending:
-            return
-        self.statement()
-        pending, self.pending = self.pending, []
-        for repository, entity, added in pending:
-            table = self.tables.setdefault(repository.table(), {})
-            if not added:
-                table.pop(getattr(entity, repository.id_attribute), None)
-                continue
-            if getattr(entity, repository.id_attribute, None) is None:
-                setattr(entity, repository.id_attribute, self.backend.next_id())
-            key = getattr(entity, repository.id_attribute)
-            clash = "primary key" if key in table and table[key] is not entity else None
-            for column in repository.unique:
-                value = getattr(entity, column)
-                others = (other for other in table.values() if other is not entity)
-                if any(getattr(other, column) == value for other in others):
-                    clash = column
-            if clash is not None:
-                error = IntegrityError(
-                    f"INSERT INTO {repository.table()}",
-                    {},
-                    DuplicateKey(f"duplicate {clash} in {repository.table()}: {key!r}"),
-                )
-                self.errors.append(error)
-                raise error
-            table[key] = entity
-        self.flushed = True
-
-
 class MemoryTransaction:
     """The runner's handle on one attempt's working copy."""
 
@@ -171,10 +129,11 @@ class MemoryTransaction:
         return self.work.errors
 
     def prepare(self) -> None:
-        self.work.flush()
-        # A read leaves an empty table in the attempt's copy where the store has none:
-        # that is not a write, so only tables with rows are compared.
-        self.wrote = self.work.flushed or _rows(self.work.tables) != _rows(self.work.backend.tables)
+        work = self.work
+        work.check_usable()  # a rolled-back attempt cannot commit, as on SQLAlchemy
+        work.flush()
+        # Repositories of one's own may write to ``uow.table(...)`` directly, unseen by flushes.
+        self.wrote = work.wrote or _content(work.tables) != _content(work.backend.tables)
 
     def commit(self) -> None:
         fault = self.work.attempt.fault_at("commit")
@@ -186,8 +145,7 @@ class MemoryTransaction:
 
     def _commit(self) -> None:
         # A copy again, so that objects the operation returns never alias the store.
-        self.work.backend.tables = copy.deepcopy(self.work.tables)
-        self.work.backend.commits += 1
+        self.work.backend.apply(copy.deepcopy(self.work.tables))
         self._applied = True
 
     def rollback(self) -> None:
@@ -201,11 +159,13 @@ class MemoryTransaction:
         return self._applied if self.work.backend.commit_markers else None
 
 
-def _rows(tables: Tables) -> Tables:
-    """Return the tables that hold rows."""
-    return {name: rows for name, rows in tables.items() if rows}
-
-
+def _content(tables: Tables) -> dict[str, dict[Hashable, dict[str, Any]]]:
+    """Return the rows of the tables that hold any, as attribute values (not objects)."""
+    return {
+        name: {key: entity_state(entity) for key, entity in rows.items()}
+        for name, rows in tables.items()
+        if rows
+    }
 
 
 class AsyncMemoryTransaction:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from adapters.memory._store import AsyncInMemoryBackend, InMemoryBackend
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Unpack
 
-    from adapters.memory._store import Work
+    from adapters.memory._work import Savepoint, Work
     from uow import AsyncRunnerOptions, RunnerOptions
 
 T = TypeVar("T")
@@ -44,7 +45,11 @@ class MemoryUnit(UnitOfWorkBase):
         return self._work.backend
 
     def table(self, name: str, *, read: bool = True) -> dict[Hashable, Any]:
-        """Return one table of this attempt's copy; a read flushes first and is a statement."""
+        """Return one table of this attempt's copy; a read flushes first and is a statement.
+
+        For queries of a repository's own; prefer ``get`` and ``all``, which keep the
+        identity map (and so the changes made to what they return) up to date.
+        """
         self.check_active()
         if read:
             self._work.flush()
@@ -52,13 +57,21 @@ class MemoryUnit(UnitOfWorkBase):
         return self._work.tables.setdefault(name, {})
 
     def stage(self, repository: RepositoryBase[Any], entity: object, *, added: bool) -> None:
-        """Stage an addition or removal until the next flush."""
+        """Stage an addition or removal until the next flush.
+
+        Removing an entity that was never written raises SQLAlchemy's
+        ``InvalidRequestError``, as ``Session.delete()`` does.
+        """
         self.check_active()
-        self._work.pending.append((repository, entity, added))
+        self._work.stage(repository, entity, added=added)
 
     def _flush(self) -> None:
         self.check_active()
         self._work.flush()
+
+    def _nested(self) -> Savepoint:
+        self.check_active()
+        return self._work.begin_nested()
 
 
 class InMemoryUnitOfWork(MemoryUnit):
@@ -67,6 +80,22 @@ class InMemoryUnitOfWork(MemoryUnit):
     def flush(self) -> None:
         """Write pending changes to the attempt's copy now: ids are assigned, keys checked."""
         self._flush()
+
+    @contextmanager
+    def begin_nested(self) -> Iterator[None]:
+        """Open a savepoint, as ``Session.begin_nested()``: an error undoes only the block.
+
+        Entering flushes; leaving normally flushes the block's changes. An error raised in
+        the block (an ``IntegrityError`` of its flush too) rolls back what the block did, and
+        propagates; catch it around the block, and the attempt goes on.
+        """
+        savepoint = self._nested()
+        try:
+            yield
+        except BaseException:
+            self._work.rollback_to(savepoint)
+            raise
+        self._work.release(savepoint)
 
     @classmethod
     def factory(
@@ -88,6 +117,20 @@ class AsyncInMemoryUnitOfWork(MemoryUnit):
         """Write pending changes to the attempt's copy now: ids are assigned, keys checked."""
         self._flush()
 
+    @asynccontextmanager
+    async def begin_nested(self) -> AsyncIterator[None]:
+        """Open a savepoint, as ``AsyncSession.begin_nested()``: ``async with uow.begin_nested()``.
+
+        See [`InMemoryUnitOfWork.begin_nested`][adapters.memory.InMemoryUnitOfWork.begin_nested].
+        """
+        savepoint = self._nested()
+        try:
+            yield
+        except BaseException:
+            self._work.rollback_to(savepoint)
+            raise
+        self._work.release(savepoint)
+
     @classmethod
     def factory(
         cls,
@@ -107,8 +150,9 @@ class RepositoryBase(Generic[T]):
     """What the sync and async in-memory repositories share: the table and staging.
 
     ``add`` stages an entity; the flush (explicit, before a read, or at commit) gives it
-    an id when it has none. ``unique`` names attributes whose values must not repeat.
-    Set ``table_name`` to share a table between repositories.
+    an id when it has none. ``unique`` names attributes whose values must not repeat, as
+    a UNIQUE index does (``None`` never clashes). Set ``table_name`` to share a table
+    between repositories.
     """
 
     id_attribute: str = "id"
@@ -129,22 +173,28 @@ class RepositoryBase(Generic[T]):
         return entity
 
     def _get(self, ident: Any) -> T | None:
-        entity: T | None = self._uow.table(self.table()).get(ident)
+        self._uow.check_active()
+        entity: T | None = self._uow._work.get(self, ident)  # noqa: SLF001 -- same package
         return entity
 
     def _all(self) -> Sequence[T]:
-        return list(self._uow.table(self.table()).values())
+        self._uow.check_active()
+        return list(self._uow._work.read(self))  # noqa: SLF001 -- same package
 
 
 class InMemoryRepository(RepositoryBase[T]):
     """A repository over one in-memory table, keyed by ``id_attribute``."""
 
     def get(self, ident: Any) -> T | None:
-        """Return the entity with this identifier, or ``None`` (flushes first)."""
+        """Return the entity with this identifier, or ``None``.
+
+        One this attempt already read or wrote comes from the identity map, without a
+        statement or a flush; otherwise pending changes are flushed and the row is read.
+        """
         return self._get(ident)
 
     def all(self) -> Sequence[T]:
-        """Return every entity, in insertion order (flushes first)."""
+        """Return every entity, by primary key (flushes first)."""
         return self._all()
 
     def remove(self, entity: T) -> None:
@@ -156,11 +206,11 @@ class AsyncInMemoryRepository(RepositoryBase[T]):
     """The async twin: ``get``, ``all`` and ``remove`` are awaited, as on ``AsyncSession``."""
 
     async def get(self, ident: Any) -> T | None:
-        """Return the entity with this identifier, or ``None`` (flushes first)."""
+        """Return the entity with this identifier, or ``None`` (as the sync ``get``)."""
         return self._get(ident)
 
     async def all(self) -> Sequence[T]:
-        """Return every entity, in insertion order (flushes first)."""
+        """Return every entity, by primary key (flushes first)."""
         return self._all()
 
     async def remove(self, entity: T) -> None:

@@ -172,9 +172,10 @@ def test_only_reads_and_flushes_are_statements(units: Runner[Any]) -> None:
         uow.flush()  # nothing pending: not a statement
         uow.tasks.all()  # 2
         uow.tasks.remove(uow.tasks.all()[0])  # 3: the read
-        uow.tasks.get(1)  # 4 (the flush of the removal) and 5
+        uow.tasks.get(1)  # loaded already: no flush, no read (as Session.get)
+        # 4: the commit's flush of the removal
 
     with inject() as injection:
         units.run(op)
-    assert injection.statements("test_only_reads_and_flushes_are_statements.<locals>.op") == 5
+    assert injection.statements("test_only_reads_and_flushes_are_statements.<locals>.op") == 4
     assert committed_names(units) == ["b"]

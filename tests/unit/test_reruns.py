@@ -79,9 +79,9 @@ def test_failed_attempts_writes_are_dropped(units: Runner[Any]) -> None:
 
     def finish_and_add(uow: Any) -> None:
         seen.append([(t.name, t.done) for t in uow.tasks.all()])  # statement 1
-        uow.tasks.get(existing.id).done = True  # statement 2
+        uow.tasks.get(existing.id).done = True  # loaded already: no statement
         uow.tasks.add(Task(name="new"))
-        uow.tasks.all()  # statements 3 (the flush) and 4: fails on the first attempt
+        uow.tasks.all()  # the flush: UPDATE (2), INSERT (3); the read (4) fails at first
 
     with inject(Fault.lock_wait(at=4)):
         units.run(finish_and_add)
