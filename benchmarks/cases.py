@@ -90,6 +90,12 @@ class Builder:
         reset_schema(engine)
         return engine
 
+    def sqlite_plain(self) -> Engine:
+        """SQLAlchemy's own engine on a SQLite database in memory, with the table and seed rows."""
+        engine = self._keep(sqlalchemy.create_engine("sqlite://"))
+        reset_schema(engine)
+        return engine
+
     def raw(self) -> Any:
         if self.db is None:
             raise RuntimeError("this case needs MariaDB")
@@ -123,9 +129,13 @@ def hand_session(engine: Engine) -> Callable[[], object]:
     return op
 
 
-def core_begin(b: Builder) -> Callable[[], object]:
-    engine = b.plain()
+def seen(engine: Engine) -> Engine:
+    """Return ``engine`` after a unit of work used it: its listeners are on the engine."""
+    SqlAlchemyUnitOfWork.factory(engine, repositories=REPOSITORIES).run(write_one)
+    return engine
 
+
+def core_begin(engine: Engine) -> Callable[[], object]:
     def op() -> None:
         with engine.begin() as connection:
             connection.execute(INSERT_ITEM, {"name": "one", "qty": 1})
@@ -175,7 +185,24 @@ CASES: tuple[Case, ...] = (
         "hand-written Session per op, lean engine (equally configured)",
         lambda b: hand_session(b.lean()),
     ),
-    Case("core", MARIADB, "Core engine.begin() + insert, plain engine", core_begin),
+    Case(
+        "session_seen",
+        MARIADB,
+        "hand-written Session per op, plain engine that a unit of work also uses",
+        lambda b: hand_session(seen(b.plain())),
+    ),
+    Case(
+        "core",
+        MARIADB,
+        "Core engine.begin() + insert, plain engine",
+        lambda b: core_begin(b.plain()),
+    ),
+    Case(
+        "core_seen",
+        MARIADB,
+        "Core engine.begin() + insert, plain engine that a unit of work also uses",
+        lambda b: core_begin(seen(b.plain())),
+    ),
     Case(
         "uow_write",
         MARIADB,
@@ -225,6 +252,18 @@ CASES: tuple[Case, ...] = (
         lambda b: hand_session(b.sqlite()),
     ),
     Case(
+        "sqlite_session_plain",
+        SQLITE,
+        "hand-written Session per op, SQLite memory, plain engine",
+        lambda b: hand_session(b.sqlite_plain()),
+    ),
+    Case(
+        "sqlite_session_seen",
+        SQLITE,
+        "hand-written Session per op, SQLite memory, plain engine that a unit of work also uses",
+        lambda b: hand_session(seen(b.sqlite_plain())),
+    ),
+    Case(
         "sqlite_uow_write",
         SQLITE,
         "unit of work, one-row write, SQLite memory, lean engine",
@@ -236,6 +275,8 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison("session", "session_pre_ping"),
     Comparison("session_lean", "session"),
     Comparison("core", "session"),
+    Comparison("session_seen", "session", 1.02, "your own sessions on an engine it uses"),
+    Comparison("core_seen", "core", 1.02, "your own connections on an engine it uses"),
     Comparison("uow_write", "session_lean", 1.03, "vs an equally configured hand-written session"),
     Comparison("uow_write", "session_pre_ping", 0.72, "vs the hand-written session with pre-ping"),
     Comparison("uow_read", "uow_read_plain"),
@@ -243,6 +284,12 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison("uow_write_plain", "session"),
     Comparison("uow_write_markers", "uow_write", 1.10, "commit markers on vs off"),
     Comparison("sqlite_uow_write", "sqlite_session", 1.10, "SQLite memory vs hand-written"),
+    Comparison(
+        "sqlite_session_seen",
+        "sqlite_session_plain",
+        1.02,
+        "your own sessions on an engine it uses, SQLite memory",
+    ),
 )
 
 STATEMENT_GOALS: tuple[tuple[str, str, float], ...] = (

@@ -19,7 +19,7 @@ from uow._blockform import check_block_form
 from uow._budget import RetryBudget, budget_for
 from uow._decision import Reason
 from uow._loop import RetryBudgetRefused, RetryLoop
-from uow._names import check_operation, check_result, operation_name
+from uow._names import check_operation, check_result
 from uow._script import run_async
 from uow._settings import AsyncRunnerOptions, RunnerSettings
 
@@ -98,8 +98,8 @@ class AsyncRunner(Generic[U_co]):
 
         ``fn`` is an ``async def`` (a plain function returning a value works too).
         """
-        check_operation(fn, "async")
-        async for attempt in self._attempts(operation_name(fn), None):
+        name = check_operation(fn, "async")
+        async for attempt in self._attempts(name, None):
             async with attempt as unit:
                 returned: Any = fn(unit, *args, **kwargs)
                 if inspect.isawaitable(returned):  # a plain function's value is used as it is

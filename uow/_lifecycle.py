@@ -60,5 +60,7 @@ def finish(
             loop, number, transaction, commit_error, checker, ran_out=ran_out
         )
     if error is None:
-        yield from publish(transaction.events, loop.settings.event_handlers, loop.name)
+        events = transaction.events
+        if events:
+            yield from publish(events, loop.settings.event_handlers, loop.name)
     return error

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import functools
 import inspect
+from types import FunctionType, MethodType
 from typing import Literal
 
 Flavour = Literal["sync", "async"]
+
+_NOT_PLAIN = (
+    inspect.CO_COROUTINE
+    | inspect.CO_ITERABLE_COROUTINE
+    | inspect.CO_GENERATOR
+    | inspect.CO_ASYNC_GENERATOR
+)
+_PLAIN_RESULTS = frozenset({type(None), bool, int, float, str, bytes, list, tuple, dict, set})
 
 
 def operation_name(fn: object) -> str:
@@ -23,12 +32,17 @@ def operation_name(fn: object) -> str:
     return type(target).__qualname__
 
 
-def check_operation(fn: object, flavour: Flavour) -> None:
-    """Refuse, at once, a callable the runner of this flavour cannot run as an operation.
+def check_operation(fn: object, flavour: Flavour) -> str:
+    """Refuse, at once, a callable the runner of this flavour cannot run; return its name.
 
     A sync runner given an ``async def`` would commit an empty transaction and return
     an un-awaited coroutine; a generator function's body would never run at all.
     """
+    if type(fn) is FunctionType or type(fn) is MethodType:
+        # The common case, told from the code's flags without inspect's general path.
+        plain = not fn.__code__.co_flags & _NOT_PLAIN
+        if plain and getattr(fn, "_is_coroutine_marker", None) is None:
+            return fn.__qualname__
     if not callable(fn):
         msg = f"an operation must be callable, not {type(fn).__name__}"
         raise TypeError(msg)
@@ -50,6 +64,7 @@ def check_operation(fn: object, flavour: Flavour) -> None:
             ".factory(async_engine) gives one) as `await units.run(...)`"
         )
         raise TypeError(msg)
+    return name
 
 
 def check_result(fn: object, result: object, flavour: Flavour) -> None:
@@ -58,6 +73,8 @@ def check_result(fn: object, result: object, flavour: Flavour) -> None:
     A lambda or a callable object can return a coroutine or generator without being
     declared as one; committing then would commit nothing of it.
     """
+    if type(result) in _PLAIN_RESULTS:
+        return
     if flavour == "sync" and inspect.isawaitable(result):
         if inspect.iscoroutine(result):
             result.close()

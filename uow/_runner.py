@@ -13,7 +13,7 @@ from uow._blockform import check_block_form
 from uow._budget import RetryBudget, budget_for
 from uow._decision import Reason
 from uow._loop import RetryBudgetRefused, RetryLoop
-from uow._names import check_operation, check_result, operation_name
+from uow._names import check_operation, check_result
 from uow._script import run_sync
 from uow._settings import RunnerOptions, RunnerSettings
 
@@ -99,8 +99,8 @@ class Runner(Generic[U_co]):
         returns and rolls back when it raises. After the last attempt the original
         exception is raised, with [`uow.retry_details`][uow.retry_details] telling how it ended.
         """
-        check_operation(fn, "sync")
-        for attempt in self._attempts(operation_name(fn), None):
+        name = check_operation(fn, "sync")
+        for attempt in self._attempts(name, None):
             with attempt as unit:
                 result = fn(unit, *args, **kwargs)
                 check_result(fn, result, "sync")

@@ -68,8 +68,10 @@ class SqlAlchemyBackend:
         self._unit_class = unit_class
         install(engine, self._support)
         bound_pool_waits(engine)
+        self._session_class = attempt_session_class(base)
+        self._session_settings = {**settings, **_FORCED, "bind": engine}
         self._sessions: sessionmaker[Session] = sessionmaker(
-            **{**settings, **_FORCED, "bind": engine, "class_": attempt_session_class(base)}
+            **self._session_settings, class_=self._session_class
         )
         self._markers = CommitMarkers(engine, self._support) if commit_markers else None
         self._isolated: dict[str, Engine] = {}
@@ -97,7 +99,10 @@ class SqlAlchemyBackend:
     def begin(self, attempt: AttemptInfo) -> SessionTransaction:
         """Open a fresh session (it connects lazily, on its first statement)."""
         level = attempt.isolation_level
-        session = self._sessions() if level is None else self._sessions(bind=self._bound(level))
+        if level is None:  # what the sessionmaker does, without merging its settings each time
+            session = self._session_class(**self._session_settings)
+        else:
+            session = self._sessions(bind=self._bound(level))
         state = AttemptState(attempt, self._support)
         session.info[KEY] = state
         unit = self._unit_class(session, attempt, self._repositories)

@@ -55,8 +55,15 @@ def generic_effect(keyword: str, statement: str) -> tuple[Effect, str]:  # noqa:
     return Effect.WRITE, keyword
 
 
+_PLAIN_HEADS = frozenset({"INSERT ", "SELECT ", "UPDATE ", "DELETE "})
+"""How the statements SQLAlchemy itself writes begin: no comment or parenthesis to skip."""
+
+
 def first_keyword(statement: str) -> str:
     """Return the first SQL keyword of a statement, upper-cased, past comments."""
+    head = statement[:7]
+    if head in _PLAIN_HEADS:
+        return head[:6]
     return _word(statement, 0)
 
 
