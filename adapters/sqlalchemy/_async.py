@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Self
 
+    from sqlalchemy.ext.asyncio import AsyncSessionTransaction as AsyncSavepoint
     from typing_extensions import Unpack
 
     from adapters.sqlalchemy._unit import Classifier, RepositoryFactory
@@ -64,6 +65,14 @@ class AsyncSqlAlchemyUnitOfWork(UnitOfWorkBase):
     async def flush(self) -> None:
         """Send pending writes now: generated ids are known; the commit stays the runner's."""
         await self.session.flush()
+
+    def begin_nested(self) -> AsyncSavepoint:
+        """Return a savepoint: ``async with uow.begin_nested(): ...``.
+
+        An error leaving the block rolls back what the block did and propagates; catch it
+        around the block and the attempt goes on. The same call as on the in-memory fake.
+        """
+        return self.session.begin_nested()
 
     @classmethod
     def factory(

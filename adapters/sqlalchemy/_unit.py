@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from typing import Self
 
     from sqlalchemy.engine import Engine
-    from sqlalchemy.orm import sessionmaker
+    from sqlalchemy.orm import SessionTransaction, sessionmaker
 
     from uow import Classification
 
@@ -69,6 +69,14 @@ class SqlAlchemyUnitOfWork(UnitOfWorkBase, Generic[S]):
         The commit stays the runner's, when the operation returns.
         """
         self.session.flush()
+
+    def begin_nested(self) -> SessionTransaction:
+        """Return a savepoint: ``with uow.begin_nested(): ...``.
+
+        An error leaving the block rolls back what the block did and propagates; catch it
+        around the block and the attempt goes on. The same call as on the in-memory fake.
+        """
+        return self.session.begin_nested()
 
     @classmethod
     def session_class(cls) -> type[Session]:

@@ -33,8 +33,6 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Awaitable, Iterator, Sequence
 
-    from sqlalchemy.orm import SessionTransaction
-
     from uow import Repository
 
 T = TypeVar("T")
@@ -77,10 +75,6 @@ class SqlShop(SqlAlchemyUnitOfWork):
     orders = repository(SqlOrders)
     stock = repository(SqlStock)
 
-    def begin_nested(self) -> SessionTransaction:
-        """A savepoint of the attempt's session."""
-        return self.session.begin_nested()
-
 
 # --- async ----------------------------------------------------------------------------------
 
@@ -116,10 +110,6 @@ class AsyncSqlStock(AsyncSqlAlchemyRepository[StockItem]):
 class AsyncSqlShop(AsyncSqlAlchemyUnitOfWork):
     orders = repository(AsyncSqlOrders)
     stock = repository(AsyncSqlStock)
-
-    def begin_nested(self) -> AbstractAsyncContextManager[object]:
-        """A savepoint of the attempt's session (``async with``)."""
-        return self.session.begin_nested()
 
 
 class AsyncRepository(Protocol[T]):
