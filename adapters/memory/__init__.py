@@ -28,14 +28,14 @@ ROLLBACK TO sent. The async twins (``AsyncInMemoryUnitOfWork``,
 ``AsyncInMemoryRepository``) serve operations run by an ``AsyncRunner``.
 """
 
-from adapters.memory._store import AsyncInMemoryBackend, InMemoryBackend
-from adapters.memory._units import (
-    AsyncInMemoryRepository,
+from adapters.memory._errors import DuplicateKey, SimulatedError
+from adapters.memory._repositories import AsyncInMemoryRepository, InMemoryRepository
+from adapters.memory._store import (
+    AsyncInMemoryBackend,
     AsyncInMemoryUnitOfWork,
-    InMemoryRepository,
+    InMemoryBackend,
     InMemoryUnitOfWork,
 )
-from adapters.memory._work import DuplicateKey, SimulatedError
 
 __all__ = [
     "AsyncInMemoryBackend",

@@ -1,20 +1,43 @@
-"""The in-memory store: committed tables, one private working copy per attempt."""
+"""The in-memory store and the units of work it opens on it, sync and async.
+
+The store keeps the committed tables; each attempt works on a private copy of them,
+through its unit of work. The two know each other by name: a store opens units of work
+of its ``unit_class`` (``InMemoryUnitOfWork`` unless told), and a unit-of-work class's
+``factory`` makes the store it runs on.
+"""
 
 from __future__ import annotations
 
-import copy
 import itertools
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from adapters.memory._work import SimulatedError, Work, entity_state
-from uow import AttemptInfo, AttemptScope, Classification, ErrorKind, NestingError
+from adapters.memory._errors import SimulatedError
+from adapters.memory._transaction import AsyncMemoryTransaction, MemoryTransaction
+from adapters.memory._work import Work
+from uow import (
+    AsyncRunner,
+    AttemptInfo,
+    AttemptScope,
+    Classification,
+    ErrorKind,
+    NestingError,
+    Runner,
+    UnitOfWorkBase,
+)
 
 if TYPE_CHECKING:
-    from adapters.memory._units import MemoryUnit
+    from typing import Self
+
+    from typing_extensions import Unpack
+
+    from adapters.memory._tables import Tables, TableSchema
+    from adapters.memory._work import Savepoint
+    from uow import AsyncRunnerOptions, RunnerOptions
 
 RepositoryFactory = Callable[[Any], Any]
-Tables = dict[str, dict[Hashable, Any]]
+"""Builds a repository on one attempt's unit of work (a repository class fits)."""
 
 
 class InMemoryBackend:
@@ -33,11 +56,7 @@ class InMemoryBackend:
         self._ids: Iterator[int] = itertools.count(1)
         self.commit_markers = commit_markers
         self.repositories = dict(repositories or {})
-        if unit_class is None:
-            from adapters.memory._units import InMemoryUnitOfWork  # noqa: PLC0415 -- a cycle
-
-            unit_class = InMemoryUnitOfWork
-        self.unit_class = unit_class
+        self.unit_class: type[MemoryUnit] = InMemoryUnitOfWork if unit_class is None else unit_class
         self.attempts = 0
         self.commits = 0
 
@@ -82,7 +101,7 @@ class InMemoryBackend:
         if isinstance(ident, int) and not isinstance(ident, bool):
             self._last_ids[table] = max(self._last_ids.get(table, 0), ident)
 
-    def begin(self, attempt: AttemptInfo) -> MemoryTransaction:
+    def begin(self, attempt: AttemptInfo) -> MemoryTransaction[InMemoryBackend, MemoryUnit]:
         """Open an attempt on a private copy of the committed tables."""
         self.attempts += 1
         work = Work(self, attempt)
@@ -91,14 +110,17 @@ class InMemoryBackend:
 
     def join(self, transaction: object) -> MemoryUnit:
         """Return a unit of work of this backend on another runner's attempt on this store."""
-        if not isinstance(transaction, MemoryTransaction) or transaction.work.backend is not self:
+        joined: MemoryTransaction[InMemoryBackend, MemoryUnit] | None = (
+            transaction if isinstance(transaction, MemoryTransaction) else None
+        )
+        if joined is None or joined.work.backend is not self:
             msg = "an in-memory unit of work can only join an attempt on the same store"
             raise NestingError(msg)
         return self.unit_class(
-            transaction.unit.attempt,
+            joined.unit.attempt,
             self.repositories,
-            scope=transaction.unit.scope,
-            work=transaction.work,
+            scope=joined.unit.scope,
+            work=joined.work,
         )
 
     def classify(self, error: BaseException) -> Classification:
@@ -111,107 +133,140 @@ class InMemoryBackend:
         return f"InMemoryBackend(tables={sorted(self.tables)})"
 
 
-class MemoryTransaction:
-    """The runner's handle on one attempt's working copy."""
-
-    def __init__(self, work: Work, unit: MemoryUnit) -> None:
-        self.work = work
-        self.unit = unit
-        self._applied = False
-        self.wrote = False
-
-    @property
-    def events(self) -> Sequence[object]:
-        return self.unit.events
-
-    @property
-    def errors(self) -> Sequence[BaseException]:
-        return self.work.errors
-
-    def prepare(self) -> None:
-        work = self.work
-        work.check_usable()  # a rolled-back attempt cannot commit, as on SQLAlchemy
-        work.flush()
-        # Repositories of one's own may write to ``uow.table(...)`` directly, unseen by flushes.
-        self.wrote = work.wrote or _content(work.tables) != _content(work.backend.tables)
-
-    def commit(self) -> None:
-        fault = self.work.attempt.fault_at("commit")
-        if fault is not None:
-            if fault.committed:
-                self._commit()  # applied; only the reply is lost
-            raise SimulatedError(fault.kind, fault.errno)
-        self._commit()
-
-    def _commit(self) -> None:
-        # A copy again, so that objects the operation returns never alias the store.
-        self.work.backend.apply(copy.deepcopy(self.work.tables))
-        self._applied = True
-
-    def rollback(self) -> None:
-        """Drop the attempt's copy: nothing of it reaches the store."""
-
-    def close(self) -> None:
-        self.unit.close()
-
-    def committed(self, timeout: float) -> bool | None:  # noqa: ARG002 -- nothing to wait for
-        """With commit markers on, say whether this attempt's data reached the store."""
-        return self._applied if self.work.backend.commit_markers else None
-
-
-def _content(tables: Tables) -> dict[str, dict[Hashable, dict[str, Any]]]:
-    """Return the rows of the tables that hold any, as attribute values (not objects)."""
-    return {
-        name: {key: entity_state(entity) for key, entity in rows.items()}
-        for name, rows in tables.items()
-        if rows
-    }
-
-
-class AsyncMemoryTransaction:
-    """The async runner's handle: the same transaction, awaited."""
-
-    def __init__(self, transaction: MemoryTransaction) -> None:
-        self._transaction = transaction
-        self.unit = transaction.unit
-
-    @property
-    def events(self) -> Sequence[object]:
-        return self._transaction.events
-
-    @property
-    def errors(self) -> Sequence[BaseException]:
-        return self._transaction.errors
-
-    @property
-    def wrote(self) -> bool:
-        return self._transaction.wrote
-
-    async def prepare(self) -> None:
-        self._transaction.prepare()
-
-    async def commit(self) -> None:
-        self._transaction.commit()
-
-    async def rollback(self) -> None:
-        self._transaction.rollback()
-
-    async def close(self) -> None:
-        self._transaction.close()
-
-    async def committed(self, timeout: float) -> bool | None:  # noqa: ASYNC109 -- protocol
-        return self._transaction.committed(timeout)
-
-
 class AsyncInMemoryBackend(InMemoryBackend):
     """The in-memory store for the async runner (``AsyncRunner``)."""
 
-    def begin(self, attempt: AttemptInfo) -> AsyncMemoryTransaction:  # type: ignore[override]
+    def begin(  # type: ignore[override]
+        self, attempt: AttemptInfo
+    ) -> AsyncMemoryTransaction[InMemoryBackend, MemoryUnit]:
         """Open an attempt on a private copy of the committed tables."""
         return AsyncMemoryTransaction(super().begin(attempt))
 
     def join(self, transaction: object) -> MemoryUnit:
         """Join another async runner's attempt on this store."""
         if isinstance(transaction, AsyncMemoryTransaction):
-            transaction = transaction._transaction  # noqa: SLF001 -- its own module
+            transaction = transaction._transaction  # noqa: SLF001 -- same package
         return super().join(transaction)
+
+
+class MemoryUnit(UnitOfWorkBase):
+    """What the sync and async in-memory units of work share: the attempt's working copy."""
+
+    def __init__(
+        self,
+        attempt: AttemptInfo,
+        repositories: Mapping[str, RepositoryFactory] | None = None,
+        *,
+        scope: AttemptScope | None = None,
+        work: Work[InMemoryBackend] | None = None,
+    ) -> None:
+        """Work on ``work`` (the backend builds it; joined units share it)."""
+        super().__init__(attempt, repositories, scope=scope)
+        if work is None:
+            msg = "in-memory units of work are made by InMemoryBackend.begin()"
+            raise TypeError(msg)
+        self._work = work
+
+    @property
+    def backend(self) -> InMemoryBackend:
+        """The store this unit of work belongs to."""
+        return self._work.backend
+
+    def table(self, name: str, *, read: bool = True) -> dict[Hashable, Any]:
+        """Return one table of this attempt's copy; a read flushes first and is a statement.
+
+        For queries of a repository's own; prefer ``get`` and ``all``, which keep the
+        identity map (and so the changes made to what they return) up to date.
+        """
+        self.check_active()
+        if read:
+            self._work.flush()
+            self._work.statement()
+        return self._work.tables.setdefault(name, {})
+
+    def stage(self, repository: TableSchema, entity: object, *, added: bool) -> None:
+        """Stage an addition or removal until the next flush.
+
+        Removing an entity that was never written raises SQLAlchemy's
+        ``InvalidRequestError``, as ``Session.delete()`` does.
+        """
+        self.check_active()
+        self._work.stage(repository, entity, added=added)
+
+    def _flush(self) -> None:
+        self.check_active()
+        self._work.flush()
+
+    def _nested(self) -> Savepoint:
+        self.check_active()
+        return self._work.begin_nested()
+
+
+class InMemoryUnitOfWork(MemoryUnit):
+    """One attempt's unit of work over a private copy of the tables."""
+
+    def flush(self) -> None:
+        """Write pending changes to the attempt's copy now: ids are assigned, keys checked."""
+        self._flush()
+
+    @contextmanager
+    def begin_nested(self) -> Iterator[None]:
+        """Open a savepoint, as ``Session.begin_nested()``: an error undoes only the block.
+
+        Entering flushes; leaving normally flushes the block's changes. An error raised in
+        the block (an ``IntegrityError`` of its flush too) rolls back what the block did, and
+        propagates; catch it around the block, and the attempt goes on.
+        """
+        savepoint = self._nested()
+        try:
+            yield
+        except BaseException:
+            self._work.rollback_to(savepoint)
+            raise
+        self._work.release(savepoint)
+
+    @classmethod
+    def factory(
+        cls,
+        *,
+        repositories: Mapping[str, RepositoryFactory] | None = None,
+        commit_markers: bool = False,
+        **options: Unpack[RunnerOptions],
+    ) -> Runner[Self]:
+        """Return a runner on a new in-memory store (reach it as ``runner.backend``)."""
+        backend = InMemoryBackend(repositories, unit_class=cls, commit_markers=commit_markers)
+        return Runner(backend, **options)  # type: ignore[arg-type]
+
+
+class AsyncInMemoryUnitOfWork(MemoryUnit):
+    """The async twin, for operations run by an ``AsyncRunner``: ``await uow.flush()``."""
+
+    async def flush(self) -> None:
+        """Write pending changes to the attempt's copy now: ids are assigned, keys checked."""
+        self._flush()
+
+    @asynccontextmanager
+    async def begin_nested(self) -> AsyncIterator[None]:
+        """Open a savepoint, as ``AsyncSession.begin_nested()``: ``async with uow.begin_nested()``.
+
+        See [`InMemoryUnitOfWork.begin_nested`][adapters.memory.InMemoryUnitOfWork.begin_nested].
+        """
+        savepoint = self._nested()
+        try:
+            yield
+        except BaseException:
+            self._work.rollback_to(savepoint)
+            raise
+        self._work.release(savepoint)
+
+    @classmethod
+    def factory(
+        cls,
+        *,
+        repositories: Mapping[str, RepositoryFactory] | None = None,
+        commit_markers: bool = False,
+        **options: Unpack[AsyncRunnerOptions],
+    ) -> AsyncRunner[Self]:
+        """Return an async runner on a new in-memory store (``runner.backend``)."""
+        backend = AsyncInMemoryBackend(repositories, unit_class=cls, commit_markers=commit_markers)
+        return AsyncRunner(backend, **options)  # type: ignore[arg-type]

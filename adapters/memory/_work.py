@@ -18,18 +18,25 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.exc import IntegrityError, InvalidRequestError, PendingRollbackError
 
-from adapters.memory._mapping import apply_defaults, null_column
+from adapters.memory._errors import SimulatedError
+from adapters.memory._mapping import apply_defaults
+from adapters.memory._tables import (
+    Tables,
+    TableSchema,
+    check_columns,
+    check_key,
+    entity_state,
+    primary_key,
+)
 from uow import ErrorKind
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Sequence
 
-    from adapters.memory._store import InMemoryBackend, Tables
-    from adapters.memory._units import RepositoryBase
     from uow import AttemptInfo
     from uow._faults import Point
 
@@ -38,20 +45,21 @@ Key = tuple[str, "Hashable"]
 C = TypeVar("C", "Change", "Loaded")
 
 
-class SimulatedError(Exception):
-    """A database failure of a given kind, raised where an injected fault strikes."""
+class Store(Protocol):
+    """The committed tables an attempt copies, and the id sequences its INSERTs draw from."""
 
-    def __init__(self, kind: ErrorKind, errno: int | None = None) -> None:
-        """Describe the simulated failure by its kind (and errno, for log assertions)."""
-        super().__init__(
-            f"simulated {kind.value} failure" + ("" if errno is None else f" ({errno})")
-        )
-        self.kind = kind
-        self.errno = errno
+    @property
+    def tables(self) -> Tables:
+        """The committed tables, by name."""
+
+    def next_id(self, table: str) -> int:
+        """Return a fresh id of ``table``, never given before."""
+
+    def used_id(self, table: str, ident: object) -> None:
+        """Note an id given explicitly: the table's sequence continues after it."""
 
 
-class DuplicateKey(Exception):
-    """The stand-in driver error behind an ``IntegrityError``: a duplicate key, or a NULL."""
+S = TypeVar("S", bound=Store)
 
 
 @dataclass
@@ -60,7 +68,7 @@ class Loaded:
 
     entity: Any
     state: dict[str, Any]
-    repository: RepositoryBase[Any]
+    repository: TableSchema
 
 
 @dataclass
@@ -77,15 +85,15 @@ class Savepoint:
 class Change:
     """A staged addition (``added``) or removal, written at the next flush."""
 
-    repository: RepositoryBase[Any]
+    repository: TableSchema
     entity: Any
     added: bool
 
 
-class Work:
+class Work(Generic[S]):
     """One attempt's working copy, pending changes and what went wrong, shared by joined units."""
 
-    def __init__(self, backend: InMemoryBackend, attempt: AttemptInfo) -> None:
+    def __init__(self, backend: S, attempt: AttemptInfo) -> None:
         self.backend = backend
         self.attempt = attempt
         self.tables: Tables = copy.deepcopy(backend.tables)
@@ -141,20 +149,20 @@ class Work:
 
     # --- staging and reading ----------------------------------------------------------------
 
-    def stage(self, repository: RepositoryBase[Any], entity: object, *, added: bool) -> None:
+    def stage(self, repository: TableSchema, entity: object, *, added: bool) -> None:
         """Stage an addition or removal until the next flush."""
         pending = [change for change in self.pending if change.entity is entity]
         if added:
             if not pending and not self._persistent(repository, entity):
                 self.pending.append(Change(repository, entity, added=True))
             return
-        if any(change.added for change in pending) or _ident(repository, entity) is None:
+        if any(change.added for change in pending) or primary_key(repository, entity) is None:
             msg = f"Instance {entity!r} is not persisted"
             raise InvalidRequestError(msg)
         if not pending:
             self.pending.append(Change(repository, entity, added=False))
 
-    def get(self, repository: RepositoryBase[Any], ident: Hashable) -> Any:
+    def get(self, repository: TableSchema, ident: Hashable) -> Any:
         """Return the entity from the identity map, or else flush and read it (a statement)."""
         self.check_usable()
         found = self.loaded.get((repository.table(), ident))
@@ -167,7 +175,7 @@ class Work:
             self._load(repository, ident, entity)
         return entity
 
-    def read(self, repository: RepositoryBase[Any]) -> Sequence[Any]:
+    def read(self, repository: TableSchema) -> Sequence[Any]:
         """Flush, then read every row of the repository's table (a statement), by primary key."""
         self.flush()
         self.statement()
@@ -221,12 +229,13 @@ class Work:
                 write(change)
 
     def _update(self, loaded: Loaded) -> None:
-        self._check_columns(loaded.repository, loaded.entity)
+        rows = self.tables.get(loaded.repository.table(), {})
+        check_columns(loaded.repository, rows, loaded.entity)
         loaded.state = entity_state(loaded.entity)
 
     def _delete(self, change: Change) -> None:
         table = change.repository.table()
-        ident = _ident(change.repository, change.entity)
+        ident = primary_key(change.repository, change.entity)
         self.tables.setdefault(table, {}).pop(ident, None)
         self.loaded.pop((table, ident), None)
 
@@ -235,33 +244,16 @@ class Work:
         table = repository.table()
         rows = self.tables.setdefault(table, {})
         apply_defaults(entity)
-        ident = _ident(repository, entity)
+        ident = primary_key(repository, entity)
         if ident is None:
             ident = self.backend.next_id(table)
             setattr(entity, repository.id_attribute, ident)
         else:
             self.backend.used_id(table, ident)
-        if ident in rows and rows[ident] is not entity:
-            raise _violation(repository, f"duplicate primary key: {ident!r}")
-        self._check_columns(repository, entity)
+        check_key(repository, rows, ident, entity)
+        check_columns(repository, rows, entity)
         rows[ident] = entity
         self._load(repository, ident, entity)
-
-    def _check_columns(self, repository: RepositoryBase[Any], entity: Any) -> None:
-        """Raise ``IntegrityError`` for a NULL in a NOT NULL column, or a unique value taken.
-
-        NULLs never clash in a unique column, as in SQL.
-        """
-        column = null_column(entity)
-        if column is not None:
-            raise _violation(repository, f"NULL in NOT NULL column {column}")
-        rows = self.tables.get(repository.table(), {})
-        for column in repository.unique:
-            value = getattr(entity, column)
-            if value is None:
-                continue
-            if any(getattr(row, column) == value for row in rows.values() if row is not entity):
-                raise _violation(repository, f"duplicate {column}: {value!r}")
 
     def _flush_failed(self, error: BaseException) -> None:
         """Roll back what the flush belongs to: the innermost savepoint, or else the attempt."""
@@ -275,13 +267,13 @@ class Work:
         self._restore(savepoint)
         self.count()  # ROLLBACK TO SAVEPOINT
 
-    def _load(self, repository: RepositoryBase[Any], ident: Hashable, entity: Any) -> None:
+    def _load(self, repository: TableSchema, ident: Hashable, entity: Any) -> None:
         key = (repository.table(), ident)
         if key not in self.loaded:
             self.loaded[key] = Loaded(entity, entity_state(entity), repository)
 
-    def _persistent(self, repository: RepositoryBase[Any], entity: object) -> bool:
-        found = self.loaded.get((repository.table(), _ident(repository, entity)))
+    def _persistent(self, repository: TableSchema, entity: object) -> bool:
+        found = self.loaded.get((repository.table(), primary_key(repository, entity)))
         return found is not None and found.entity is entity
 
     # --- savepoints -------------------------------------------------------------------------
@@ -326,22 +318,3 @@ class Work:
             for name, value in loaded.state.items():
                 if getattr(loaded.entity, name, None) is not value:
                     setattr(loaded.entity, name, value)
-
-
-def _ident(repository: RepositoryBase[Any], entity: object) -> Any:
-    return getattr(entity, repository.id_attribute, None)
-
-
-def entity_state(entity: object) -> dict[str, Any]:
-    """Return an entity's attributes (not an ORM's own bookkeeping), to tell whether it changed."""
-    try:
-        values = vars(entity)
-    except TypeError:  # __slots__
-        names = {name for klass in type(entity).__mro__ for name in getattr(klass, "__slots__", ())}
-        return {name: getattr(entity, name) for name in names if hasattr(entity, name)}
-    return {name: value for name, value in values.items() if not name.startswith("_sa_")}
-
-
-def _violation(repository: RepositoryBase[Any], what: str) -> IntegrityError:
-    table = repository.table()
-    return IntegrityError(f"INSERT INTO {table}", {}, DuplicateKey(f"{what} in {table}"))
