@@ -10,6 +10,9 @@ Installed with the package, pytest loads it by itself; every fixture is opt-in:
     def test_is_rerun_safe(uow_rerun_check, units):
         uow_rerun_check(units, create_placeholder, "t1", snapshot=..., restore=...)
 
+    async def test_is_rerun_safe_async(uow_rerun_check_async, async_units):
+        await uow_rerun_check_async(async_units, create_placeholder, "t1", snapshot=..., ...)
+
 Strict mode, the migration tool: ``pytest --uow-strict`` (or ``uow_strict = true`` in the pytest
 configuration) turns [`adapters.sqlalchemy.strict`][adapters.sqlalchemy.strict] on for the whole
 run. Every statement that bypasses the unit of work on an engine a backend was built on then fails
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
 
     from uow.testing import Fault, Injection, RerunReport, TestingState
 
@@ -96,3 +99,16 @@ def uow_rerun_check() -> Callable[..., RerunReport]:
     from uow.testing import assert_rerun_safe  # noqa: PLC0415
 
     return assert_rerun_safe
+
+
+@pytest.fixture
+def uow_rerun_check_async() -> Callable[..., Awaitable[RerunReport]]:
+    """Check that an ``async def`` operation may be rerun after a fault at any point.
+
+    Awaited with the arguments of ``uow_rerun_check`` and an ``AsyncRunner``, it is
+    [`uow.testing.assert_rerun_safe_async`][uow.testing.assert_rerun_safe_async];
+    ``snapshot``, ``restore`` and ``side_effects`` may be ``async def`` functions.
+    """
+    from uow.testing import assert_rerun_safe_async  # noqa: PLC0415
+
+    return assert_rerun_safe_async

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-SUBCOMMANDS = ("recovery", "connect", "memory", "layers", "network", "storm", "postgres")
+SUBCOMMANDS = (
+    "recovery", "connect", "memory", "layers", "network", "storm", "postgres", "async",
+)  # fmt: skip
 
 
 class Command(Protocol):
@@ -38,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks import storm as module  # noqa: PLC0415
     elif command == "postgres":
         from benchmarks import postgres as module  # noqa: PLC0415
+    elif command == "async":
+        from benchmarks import asyncio_cases as module  # noqa: PLC0415
     else:
         from benchmarks import run as module  # noqa: PLC0415
     parser = argparse.ArgumentParser(

@@ -121,7 +121,18 @@ class Blackhole:
     kind: ClassVar[FaultKind] = FaultKind.BLACKHOLE
 
 
-Fault = BeforeCommit | AfterCommitReply | MidResult | AtPacket | Blackhole
+@dataclass(frozen=True)
+class BlackholeAfterCommit:
+    """Forward a COMMIT, then swallow its reply and all later traffic of its connection.
+
+    The server has committed; the client waits for an answer that never comes (until it
+    gives up and closes, which the proxy passes on as for a ``Blackhole``).
+    """
+
+    kind: ClassVar[FaultKind] = FaultKind.BLACKHOLE
+
+
+Fault = BeforeCommit | AfterCommitReply | MidResult | AtPacket | Blackhole | BlackholeAfterCommit
 
 
 @dataclass(frozen=True)
@@ -138,7 +149,7 @@ class ProxyStats:
     commit_replies_seen: int = 0
     faults_fired: int = 0  # armed or chaos faults that took effect (cut_all() is not a fault)
     chaos_triggered: int = 0  # chaos draws; a drawn MidResult may meet no long result set
-    blackholes: int = 0  # connections blackholed by a Blackhole fault
+    blackholes: int = 0  # connections blackholed by a Blackhole or BlackholeAfterCommit
     cuts: Mapping[tuple[FaultKind, CutMode], int] = field(default_factory=dict)
 
     def cut_count(self, kind: FaultKind | None = None, mode: CutMode | None = None) -> int:
@@ -166,7 +177,7 @@ class _Conn:
     response_packets: int = 0
     result_set: bool = False
     awaiting_commit_reply: bool = False
-    chaos_commit: AfterCommitReply | None = None
+    chaos_commit: AfterCommitReply | BlackholeAfterCommit | None = None
     chaos_mid: MidResult | None = None
     opaque: bool = False  # TLS: the bytes are no longer packets
     blackholed: bool = False
@@ -353,7 +364,7 @@ class FaultProxy:
         chaos = self._chaos
         if chaos is None:
             return None
-        commit_only = BeforeCommit | AfterCommitReply
+        commit_only = BeforeCommit | AfterCommitReply | BlackholeAfterCommit
         fits = [f for f in chaos.faults if is_commit or not isinstance(f, commit_only)]
         if not fits or chaos.rng.random() >= chaos.probability:
             return None
@@ -405,7 +416,7 @@ class FaultProxy:
         if isinstance(fault, Blackhole):
             conn.blackholed = True
             return "swallow"
-        if isinstance(fault, AfterCommitReply):
+        if isinstance(fault, AfterCommitReply | BlackholeAfterCommit):
             conn.chaos_commit = fault
         elif isinstance(fault, MidResult):
             conn.chaos_mid = fault
@@ -421,12 +432,9 @@ class FaultProxy:
             conn.result_set = packet[_HEADER : _HEADER + 1] not in _NOT_A_RESULT_SET
         if conn.awaiting_commit_reply:
             conn.awaiting_commit_reply = False
-            with self._cond:
-                self._counts["commit_replies_seen"] += 1
-                chaos, conn.chaos_commit = conn.chaos_commit, None
-                fault = chaos or self._take(lambda f: isinstance(f, AfterCommitReply))
-            if isinstance(fault, AfterCommitReply):
-                return _Cut(fault.kind, fault.mode, armed=chaos is None)
+            verdict = self._commit_reply(conn)
+            if verdict is not None:
+                return verdict
         forwarded = conn.response_packets - 1
         if conn.result_set and forwarded > 0:
             if conn.chaos_mid is not None and conn.chaos_mid.after_packets == forwarded:
@@ -441,6 +449,24 @@ class FaultProxy:
             if isinstance(fault, MidResult):
                 return _Cut(fault.kind, fault.mode, armed=True)
         return "forward"
+
+    def _commit_reply(self, conn: _Conn) -> _Verdict | None:
+        """The verdict on the server's reply to a COMMIT, when a fault claims it."""
+        with self._cond:
+            self._counts["commit_replies_seen"] += 1
+            chaos, conn.chaos_commit = conn.chaos_commit, None
+            fault = chaos or self._take(
+                lambda f: isinstance(f, AfterCommitReply | BlackholeAfterCommit)
+            )
+            if isinstance(fault, BlackholeAfterCommit):
+                self._counts["blackholes"] += 1
+                self._fired(armed=chaos is None)
+        if isinstance(fault, BlackholeAfterCommit):
+            conn.blackholed = True
+            return "swallow"
+        if isinstance(fault, AfterCommitReply):
+            return _Cut(fault.kind, fault.mode, armed=chaos is None)
+        return None
 
     @staticmethod
     def _shut(conn: _Conn, mode: CutMode) -> None:

@@ -89,6 +89,12 @@ def _current_task() -> object:
         return None
 
 
+def _cancel_requests() -> int:
+    """Return the current task's count of pending cancellation requests."""
+    task = asyncio.current_task()
+    return 0 if task is None else task.cancelling()
+
+
 def _never() -> bool:
     return False
 
@@ -191,13 +197,20 @@ class AsyncAttempt(_AttemptCore[U]):
     time budget bounds every wait, with any driver (aiomysql has no read timeout of
     its own). When the budget runs out, the attempt is rolled back and ends with
     ``TimeoutError``; if that happened during COMMIT, the outcome is settled as for a
-    lost COMMIT (the server may still commit). Any other cancellation propagates as it is.
+    lost COMMIT (the server may still commit). Any other cancellation propagates as it is,
+    also one that comes while the budget's own is being handled: as ``asyncio.timeout``
+    does, the attempt tells its own cancellation from the others by the task's count of
+    cancellation requests. A cancellation that reached the operation but never came out
+    of it (on Python 3.11, ``asyncio.wait_for`` drops one that lands just as what it waits
+    for completes, and asyncmy reads through it) still cancels the attempt: it is rolled
+    back, never committed.
     """
 
-    __slots__ = ("_timer",)
+    __slots__ = ("_cancelling", "_timer")
 
     async def __aenter__(self) -> U:
         unit: U = self._open("async")
+        self._cancelling = _cancel_requests()
         remaining = self._loop.deadline - self._loop.settings.clock()
         self._timer = asyncio.timeout(max(remaining, 0.0))
         await self._timer.__aenter__()
@@ -210,6 +223,11 @@ class AsyncAttempt(_AttemptCore[U]):
         tb: TracebackType | None,
     ) -> Literal[True]:
         timer = self._timer
+        if not isinstance(exc, asyncio.CancelledError) and _cancel_requests() > self._cancelling:
+            dropped = asyncio.CancelledError("a cancellation that did not come out of the body")
+            dropped.__context__ = exc
+            exc = dropped
+        taken: asyncio.CancelledError | None = None
         try:
             error = await run_async(self._ending(exc, timer.expired))
         except asyncio.CancelledError as cancelled:  # cut short while cleaning up
@@ -217,9 +235,18 @@ class AsyncAttempt(_AttemptCore[U]):
                 raise
             # The body's own error stays what it was: only a cancellation of the body, or
             # of the cleanup after it returned, is the budget running out.
+            taken = cancelled
             error = cancelled if exc is None or isinstance(exc, asyncio.CancelledError) else exc
         finally:
             await timer.__aexit__(None, None, None)  # takes its cancellation back, if it fired
+        cancelled_from_outside = _cancel_requests() > self._cancelling
+        if cancelled_from_outside and (
+            timer.expired() or not isinstance(error, asyncio.CancelledError)
+        ):
+            # That request is not the budget's to take, nor lost in the cleanup: one still
+            # pending is delivered by the sleep, one already taken is raised again.
+            await asyncio.sleep(0)
+            raise taken or asyncio.CancelledError()
         if timer.expired() and isinstance(error, asyncio.CancelledError):
             error = self._loop.budget_ran_out(self.number, error)
         self._error = error

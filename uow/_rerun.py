@@ -1,20 +1,28 @@
-"""The rerun-safety check: an operation rerun after a fault must leave the clean state."""
+"""The rerun-safety check: an operation rerun after a fault must leave the clean state.
+
+The check is one script (`uow._script`): the sync entry points drive it calling each step,
+the async ones awaiting them, so both compare in the same way.
+"""
 
 from __future__ import annotations
 
 import reprlib
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from uow._async_runner import AsyncRunner
 from uow._config import set_testing
 from uow._errors import CommitOutcomeUnknown
 from uow._faults import Fault, Injection, inject
 from uow._names import operation_name
+from uow._script import run_async, run_sync
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from uow._runner import Runner
+    from uow._script import Script
 
 R = TypeVar("R")
 
@@ -46,7 +54,7 @@ class RerunFinding:
 
 @dataclass(frozen=True, slots=True)
 class RerunReport:
-    """The findings of `check_rerun_safety`, one per injected fault."""
+    """The findings of `check_rerun_safety` (or its async twin), one per injected fault."""
 
     operation: str
     statements: int
@@ -111,49 +119,67 @@ def check_rerun_safety(
     then applied) at the COMMIT, each time on a fresh start with retries instant.
     Results are compared with ``==`` (or as ``result(value)`` projects them); results
     without an ``__eq__`` of their own, such as ORM entities, only through ``result``.
-    Use `functools.partial` for keyword arguments of the operation.
+    Use `functools.partial` for keyword arguments of the operation. For an
+    [`AsyncRunner`][uow.AsyncRunner], await `check_rerun_safety_async` instead.
     """
-    name = operation_name(operation)
-    commit_faults = (
-        (Fault.lost_commit(committed=False), Fault.lost_commit(committed=True))
-        if at_commit is None
-        else tuple(at_commit)
+    given: object = runner  # typed as a Runner; a caller may still pass the other kind
+    if isinstance(given, AsyncRunner):
+        msg = (
+            "check_rerun_safety() runs a sync Runner; for an AsyncRunner, "
+            "`await check_rerun_safety_async(...)` with the same arguments"
+        )
+        raise TypeError(msg)
+    checking = _checking(
+        runner,
+        operation,
+        args,
+        snapshot=snapshot,
+        restore=restore,
+        side_effects=side_effects,
+        result=result,
+        fault=fault,
+        at_commit=at_commit,
     )
+    return run_sync(checking)
 
-    def observe(*faults: Fault) -> _Run:
-        restore()
-        with inject(*faults, strict=False) as injection:
-            try:
-                value: object = runner.run(operation, *args)
-                error = None
-            except Exception as raised:  # noqa: BLE001 -- an outcome to compare, not a failure
-                value, error = None, raised
-        effects = side_effects() if side_effects is not None else None
-        return _Run(value, error, snapshot(), effects, injection)
 
-    with set_testing(True):
-        try:
-            reference = observe()
-            if reference.error is not None:
-                msg = f"the clean run of {name} failed; nothing to compare with"
-                raise AssertionError(msg) from reference.error
-            statements = reference.injection.statements(name)
-            reached_commit = any(
-                p.operation == name and p.attempt == 1 and p.at == "commit"
-                for p in reference.injection.points
-            )
-            if not statements and not reached_commit:
-                msg = (
-                    f"the clean run of {name} reached no statement and no COMMIT: it touches "
-                    "no database, or its backend does not consult uow.testing.inject"
-                )
-                raise AssertionError(msg)
-            faults = [fault(n) for n in range(1, statements + 1)]
-            faults += list(commit_faults) if reached_commit else []
-            findings = tuple(_judge(name, f, reference, observe(f), result) for f in faults)
-        finally:
-            restore()
-    return RerunReport(name, statements, findings)
+async def check_rerun_safety_async(
+    runner: AsyncRunner[Any],
+    operation: Callable[..., Awaitable[R]],
+    /,
+    *args: Any,
+    snapshot: Callable[[], object],
+    restore: Callable[[], object],
+    side_effects: Callable[[], object] | None = None,
+    result: Callable[[R], object] | None = None,
+    fault: Callable[[int], Fault] = Fault.disconnect,
+    at_commit: Sequence[Fault] | None = None,
+) -> RerunReport:
+    """Check an ``async def`` operation as `check_rerun_safety` checks a sync one.
+
+    The same runs, faults and comparison, with the operation awaited through an
+    [`AsyncRunner`][uow.AsyncRunner]. ``snapshot``, ``restore`` and ``side_effects`` may be
+    ``async def`` functions too: what they return is awaited when it is awaitable.
+    """
+    given: object = runner
+    if not isinstance(given, AsyncRunner):
+        msg = (
+            "check_rerun_safety_async() runs an AsyncRunner; for a sync Runner, call "
+            "check_rerun_safety(...) with the same arguments"
+        )
+        raise TypeError(msg)
+    checking = _checking(
+        runner,
+        operation,
+        args,
+        snapshot=snapshot,
+        restore=restore,
+        side_effects=side_effects,
+        result=result,
+        fault=fault,
+        at_commit=at_commit,
+    )
+    return await run_async(checking)
 
 
 def assert_rerun_safe(
@@ -182,6 +208,98 @@ def assert_rerun_safe(
     )
     report.assert_safe()
     return report
+
+
+async def assert_rerun_safe_async(
+    runner: AsyncRunner[Any],
+    operation: Callable[..., Awaitable[R]],
+    /,
+    *args: Any,
+    snapshot: Callable[[], object],
+    restore: Callable[[], object],
+    side_effects: Callable[[], object] | None = None,
+    result: Callable[[R], object] | None = None,
+    fault: Callable[[int], Fault] = Fault.disconnect,
+    at_commit: Sequence[Fault] | None = None,
+) -> RerunReport:
+    """Await `check_rerun_safety_async`; raise `AssertionError` listing unsafe points."""
+    report = await check_rerun_safety_async(
+        runner,
+        operation,
+        *args,
+        snapshot=snapshot,
+        restore=restore,
+        side_effects=side_effects,
+        result=result,
+        fault=fault,
+        at_commit=at_commit,
+    )
+    report.assert_safe()
+    return report
+
+
+def _checking(
+    runner: Runner[Any] | AsyncRunner[Any],
+    operation: Callable[..., Any],
+    args: tuple[Any, ...],
+    *,
+    snapshot: Callable[[], object],
+    restore: Callable[[], object],
+    side_effects: Callable[[], object] | None,
+    result: Callable[[Any], object] | None,
+    fault: Callable[[int], Fault],
+    at_commit: Sequence[Fault] | None,
+) -> Script[RerunReport]:
+    """Return the check as a script: each run of the operation and each callback is a step.
+
+    Driven by `run_sync` for a `Runner`, by `run_async` for an `AsyncRunner` (which
+    awaits the operation's run and any awaitable a callback returns).
+    """
+    name = operation_name(operation)
+    commit_faults = (
+        (Fault.lost_commit(committed=False), Fault.lost_commit(committed=True))
+        if at_commit is None
+        else tuple(at_commit)
+    )
+
+    def observe(*faults: Fault) -> Script[_Run]:
+        yield restore
+        with inject(*faults, strict=False) as injection:
+            try:
+                value: object = yield partial(runner.run, operation, *args)
+                error = None
+            except Exception as raised:  # noqa: BLE001 -- an outcome to compare, not a failure
+                value, error = None, raised
+        effects = (yield side_effects) if side_effects is not None else None
+        state = yield snapshot
+        return _Run(value, error, state, effects, injection)
+
+    with set_testing(True):
+        try:
+            reference = yield from observe()
+            if reference.error is not None:
+                msg = f"the clean run of {name} failed; nothing to compare with"
+                raise AssertionError(msg) from reference.error
+            statements = reference.injection.statements(name)
+            reached_commit = any(
+                p.operation == name and p.attempt == 1 and p.at == "commit"
+                for p in reference.injection.points
+            )
+            if not statements and not reached_commit:
+                msg = (
+                    f"the clean run of {name} reached no statement and no COMMIT: it touches "
+                    "no database, or its backend does not consult uow.testing.inject"
+                )
+                raise AssertionError(msg)
+            faults = [fault(n) for n in range(1, statements + 1)]
+            faults += list(commit_faults) if reached_commit else []
+            findings: list[RerunFinding] = []
+            for injected in faults:
+                run = yield from observe(injected)
+                findings.append(_judge(name, injected, reference, run, result))
+        finally:
+            yield restore
+    return RerunReport(name, statements, tuple(findings))
 
 
 _short = reprlib.Repr()

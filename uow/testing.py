@@ -13,7 +13,8 @@ a test suite never waits on a retry policy meant for production:
 ``inject()`` makes the backends fail at chosen points of an attempt (a lost connection
 at statement 2, a deadlock, a lost COMMIT), described by [`Fault`][uow.testing.Fault] whatever the
 database; ``check_rerun_safety()`` injects a fault at every point of an operation in
-turn and reports where a rerun leaves something different from a clean run:
+turn and reports where a rerun leaves something different from a clean run
+(``await check_rerun_safety_async(...)`` for an ``AsyncRunner``):
 
     with inject(Fault.disconnect(at=2)) as injection:
         units.run(create_placeholder, "t1")           # attempt 1 fails, attempt 2 commits
@@ -24,7 +25,14 @@ from __future__ import annotations
 
 from uow._config import TestingState, is_testing, set_testing
 from uow._faults import Fault, Injection, InjectionPoint, Point, inject
-from uow._rerun import RerunFinding, RerunReport, assert_rerun_safe, check_rerun_safety
+from uow._rerun import (
+    RerunFinding,
+    RerunReport,
+    assert_rerun_safe,
+    assert_rerun_safe_async,
+    check_rerun_safety,
+    check_rerun_safety_async,
+)
 
 __all__ = [
     "Fault",
@@ -35,7 +43,9 @@ __all__ = [
     "RerunReport",
     "TestingState",
     "assert_rerun_safe",
+    "assert_rerun_safe_async",
     "check_rerun_safety",
+    "check_rerun_safety_async",
     "inject",
     "is_testing",
     "set_testing",

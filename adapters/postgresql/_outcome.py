@@ -40,7 +40,7 @@ from sqlalchemy.exc import DBAPIError
 
 from adapters.postgresql._drivers import bound_socket
 from adapters.postgresql._errors import classify, sqlstate_of
-from adapters.sqlalchemy._listeners import MIN_READ_TIMEOUT, connect_deadline
+from adapters.sqlalchemy._listeners import MIN_READ_TIMEOUT, connect_deadline, pause
 from adapters.sqlalchemy._strict import own
 from uow import ErrorKind
 
@@ -212,4 +212,4 @@ def _retrying(
                 raise
         finally:
             connect_deadline.reset(marker)
-        time.sleep(_PAUSE)
+        pause(_PAUSE)  # awaited on an event loop (async adapter)

@@ -23,9 +23,14 @@ from adapters.sqlalchemy._async import (
     AsyncSqlAlchemyRepository,
     AsyncSqlAlchemyUnitOfWork,
 )
-from adapters.sqlalchemy._backend import SessionTransaction, SqlAlchemyBackend
+from adapters.sqlalchemy._backend import (
+    Classifier,
+    RepositoryFactory,
+    SqlAlchemyBackend,
+    SqlAlchemyUnitOfWork,
+)
 from adapters.sqlalchemy._databases import DatabaseSupport
-from adapters.sqlalchemy._engine import create_engine
+from adapters.sqlalchemy._engine import create_async_engine, create_engine
 from adapters.sqlalchemy._generic import classify_generic
 from adapters.sqlalchemy._markers import (
     MARKER_TABLE,
@@ -35,14 +40,10 @@ from adapters.sqlalchemy._markers import (
     commit_markers_table,
     create_commit_marker_table,
 )
+from adapters.sqlalchemy._repository import SqlAlchemyRepository
 from adapters.sqlalchemy._statements import Effect
 from adapters.sqlalchemy._strict import StrictMode, StrictModeError, strict
-from adapters.sqlalchemy._unit import (
-    Classifier,
-    RepositoryFactory,
-    SqlAlchemyRepository,
-    SqlAlchemyUnitOfWork,
-)
+from adapters.sqlalchemy._transaction import SessionTransaction
 from uow import repository
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "commit_marker_ddl",
     "commit_markers_metadata",
     "commit_markers_table",
+    "create_async_engine",
     "create_commit_marker_table",
     "create_engine",
     "repository",

@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from sqlalchemy.util import greenlet_spawn
 
-from adapters.sqlalchemy._backend import SessionTransaction, SqlAlchemyBackend
+from adapters.sqlalchemy._backend import SqlAlchemyBackend
 from adapters.sqlalchemy._control import attempt_session_class
 from adapters.sqlalchemy._state import KEY, AttemptState
+from adapters.sqlalchemy._transaction import SessionTransaction
 from uow import AsyncRunner, AttemptInfo, AttemptScope, NestingError, UnitOfWorkBase
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSessionTransaction as AsyncSavepoint
     from typing_extensions import Unpack
 
-    from adapters.sqlalchemy._unit import Classifier, RepositoryFactory
+    from adapters.sqlalchemy._backend import Classifier, RepositoryFactory
     from uow import AsyncRunnerOptions, Classification
 
 T = TypeVar("T")

@@ -1,42 +1,155 @@
-"""The runner's backend on SQLAlchemy: one fresh Session per attempt, on the user's Engine.
+"""The unit of work on a SQLAlchemy Session, and the backend that opens one per attempt.
 
 Built from the user's own Engine or sessionmaker, so their pool settings, event
 listeners and instrumentation stay in force. The Session is wrapped, not rebuilt:
 SQLAlchemy keeps doing identity mapping, change tracking and disconnect detection.
+The unit's ``factory`` makes a backend and the backend makes units of that class,
+so the two live together.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from typing_extensions import TypeVar as DefaultTypeVar
+from typing_extensions import Unpack
 
 from adapters.sqlalchemy._control import attempt_session_class
 from adapters.sqlalchemy._databases import support_for
-from adapters.sqlalchemy._expired import load_expired
-from adapters.sqlalchemy._listeners import (
-    CAUSE_ATTRIBUTE,
-    KIND_ATTRIBUTE,
-    connect_deadline,
-    install,
-)
+from adapters.sqlalchemy._listeners import CAUSE_ATTRIBUTE, KIND_ATTRIBUTE, install
 from adapters.sqlalchemy._markers import CommitMarkers
 from adapters.sqlalchemy._pool import bound_pool_waits
 from adapters.sqlalchemy._state import KEY, AttemptState
-from adapters.sqlalchemy._unit import SqlAlchemyUnitOfWork
-from uow import Classification, ErrorKind, NestingError, UnitOfWorkBase
+from adapters.sqlalchemy._transaction import SessionTransaction
+from uow import (
+    AttemptInfo,
+    AttemptScope,
+    Classification,
+    ErrorKind,
+    NestingError,
+    Runner,
+    RunnerOptions,
+    UnitOfWorkBase,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
-    from contextvars import Token
+    from collections.abc import Mapping
+    from typing import Self
+
+    from sqlalchemy.orm import SessionTransaction as Savepoint
 
     from adapters.sqlalchemy._databases import DatabaseSupport
-    from adapters.sqlalchemy._unit import Classifier, RepositoryFactory
-    from uow import AttemptInfo
 
-logger = logging.getLogger("retrying_uow")
+S = DefaultTypeVar("S", bound=Session, default=Session)
+
+RepositoryFactory = Callable[[Any], Any]
+"""Builds a repository on one attempt's unit of work (a repository class fits)."""
+Classifier = Callable[[BaseException], "Classification"]
+"""Says what an exception means for the operation (``uow.Classification``)."""
+
+
+class SqlAlchemyUnitOfWork(UnitOfWorkBase, Generic[S]):
+    """One attempt's unit of work: a Session and the repositories built on it.
+
+    Declare typed repositories on a subclass, and build the runner from it:
+
+        class Shop(SqlAlchemyUnitOfWork):
+            orders = repository(OrderRepository)
+
+        units = Shop.factory(engine)          # Runner[Shop]; uow.orders is typed
+
+    Everything raises [`UnitOfWorkClosedError`][uow.UnitOfWorkClosedError] once the attempt has
+    ended, so no one can keep the session (or its connection) for later. For SQLModel, or any
+    Session subclass, parametrise the class: ``class Shop(SqlAlchemyUnitOfWork[ sqlmodel.Session])``
+    (the session is then made of that class).
+    """
+
+    def __init__(
+        self,
+        session: S,
+        attempt: AttemptInfo,
+        repositories: Mapping[str, RepositoryFactory] | None = None,
+        *,
+        scope: AttemptScope | None = None,
+    ) -> None:
+        """Wrap a fresh session; the runner's backend does this once per attempt."""
+        super().__init__(attempt, repositories, scope=scope)
+        self._session = session
+
+    @property
+    def session(self) -> S:
+        """The attempt's Session, for repositories and queries of your own."""
+        self.check_active()
+        return self._session
+
+    def flush(self) -> None:
+        """Send pending writes now: generated ids are known, unique keys checked.
+
+        The commit stays the runner's, when the operation returns.
+        """
+        self.session.flush()
+
+    def begin_nested(self) -> Savepoint:
+        """Return a savepoint: ``with uow.begin_nested(): ...``.
+
+        An error leaving the block rolls back what the block did and propagates; catch it
+        around the block and the attempt goes on. The same call as on the in-memory fake.
+        """
+        return self.session.begin_nested()
+
+    @classmethod
+    def session_class(cls) -> type[Session]:
+        """Return the Session class the unit of work is parametrised with (default ``Session``)."""
+        for klass in cls.__mro__:
+            for base in getattr(klass, "__orig_bases__", ()):
+                origin = getattr(base, "__origin__", None)
+                args = getattr(base, "__args__", ())
+                if (
+                    isinstance(origin, type)
+                    and issubclass(origin, SqlAlchemyUnitOfWork)
+                    and args
+                    and isinstance(args[0], type)
+                    and issubclass(args[0], Session)
+                ):
+                    return args[0]
+        return Session
+
+    @classmethod
+    def factory(
+        cls,
+        bind: Engine | sessionmaker[Any],
+        *,
+        repositories: Mapping[str, RepositoryFactory] | None = None,
+        session_class: type[Session] | None = None,
+        classifier: Classifier | None = None,
+        commit_markers: bool = False,
+        **options: Unpack[RunnerOptions],
+    ) -> Runner[Self]:
+        """Return a runner whose operations each run in fresh units of work of this class.
+
+        ``bind`` is your Engine, or a sessionmaker bound to one (its settings and session class are
+        kept). ``repositories`` adds repositories by name to those the class declares.
+        ``session_class`` makes the sessions of another Session subclass. ``classifier`` replaces
+        the database's error classification. ``commit_markers=True`` resolves lost COMMITs exactly
+        (create the table first, see
+        [`create_commit_marker_table`][adapters.sqlalchemy.create_commit_marker_table]). ``options``
+        are the runner's settings (``policy``, ``hooks``, ``idempotent``, ``verify``,
+        ``event_handlers``, ...).
+        """
+        backend = SqlAlchemyBackend(
+            bind,
+            repositories=repositories,
+            unit_class=cls,
+            session_class=session_class,
+            classifier=classifier,
+            commit_markers=commit_markers,
+        )
+        return Runner(backend, **options)  # type: ignore[arg-type]
+
+
 _FORCED = {"expire_on_commit": False, "close_resets_only": False}
 # Results must stay readable after the session closes, and a closed session must not
 # quietly start a new transaction for someone who kept it.
@@ -163,90 +276,3 @@ def _resolve(bind: object) -> tuple[Engine, dict[str, Any], type[Session] | None
         return engine, settings, bind.class_
     msg = f"bind must be an Engine or a sessionmaker, not {type(bind).__name__}"
     raise TypeError(msg)
-
-
-class SessionTransaction:
-    """The runner's handle on one attempt's session."""
-
-    __slots__ = ("_connects", "_markers", "_token", "session", "state", "unit")
-
-    def __init__(
-        self,
-        unit: UnitOfWorkBase,
-        session: Session,
-        state: AttemptState,
-        markers: CommitMarkers | None,
-    ) -> None:
-        """Hold the attempt; until `close`, new connections are bounded by its deadline."""
-        self.unit = unit
-        self.session = session
-        self.state = state
-        self._markers = markers
-        self._token: str | None = None
-        self._connects: Token[float | None] | None = connect_deadline.set(unit.attempt.deadline)
-
-    @property
-    def events(self) -> Sequence[object]:
-        return self.unit.events
-
-    @property
-    def errors(self) -> Sequence[BaseException]:
-        return self.state.errors
-
-    @property
-    def wrote(self) -> bool:
-        return self.state.wrote
-
-    @property
-    def support(self) -> DatabaseSupport:
-        return self.state.support
-
-    def prepare(self) -> None:
-        session = self.session
-        session.flush()
-        load_expired(session)
-        if not self.state.wrote:
-            return  # nothing to lose at COMMIT
-        self.state.support.before_commit(session, self.state)
-        if self._markers is not None:
-            self._token = self._markers.new_token()
-            self._markers.write(session.connection(), self._token)
-
-    def commit(self) -> None:
-        self.state.owner = True
-        self.session.commit()
-        if self._markers is not None and self._token is not None:
-            self._markers.maybe_prune(self.unit.attempt.deadline)
-
-    def committed(self, timeout: float) -> bool | None:
-        if self._markers is not None and self._token is not None:
-            return self._markers.lookup(self._token, self.state, timeout)
-        # No marker: the database may still be able to tell (PostgreSQL can).
-        engine = self.session.get_bind()
-        if not isinstance(engine, Engine):
-            return None
-        return self.state.support.outcome(engine, self.state, timeout)
-
-    def rollback(self) -> None:
-        self.state.owner = True
-        try:
-            self.session.rollback()
-        except Exception:  # the original error matters; a dead link cannot roll back
-            logger.debug("rollback failed after an error; the session is discarded", exc_info=True)
-
-    def close(self) -> None:
-        self.unit.close()
-        self.state.owner = True
-        try:
-            self.session.close()
-        except Exception:
-            logger.debug("closing the session failed; it is discarded", exc_info=True)
-        finally:
-            self.state.ended = True
-            self.state.owner = False
-            if self._connects is not None:
-                try:
-                    connect_deadline.reset(self._connects)
-                except ValueError:  # closed in another context (an async task's cleanup)
-                    connect_deadline.set(None)
-                self._connects = None

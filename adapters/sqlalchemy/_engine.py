@@ -1,4 +1,4 @@
-"""``create_engine``: SQLAlchemy's, without the round trips a unit of work makes redundant."""
+"""Engines as SQLAlchemy makes them, without the round trips a unit of work makes redundant."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
 from sqlalchemy import event
+from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 
 from adapters.sqlalchemy._databases import support_for
 from adapters.sqlalchemy._state import KEY, ConnectionState
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.pool import PoolResetState
 
 
@@ -31,12 +33,34 @@ def create_engine(url: str | sqlalchemy.URL, **kwargs: Any) -> Engine:
     if not custom_reset:
         kwargs["pool_reset_on_return"] = None
     engine = sqlalchemy.create_engine(url, **kwargs)
-    support = support_for(engine.dialect)
-    if not custom_reset:
+    _make_lean(engine, kwargs, reset=not custom_reset)
+    return engine
 
-        def reset(dbapi_connection: Any, record: Any, reset_state: PoolResetState) -> None:
-            if reset_state.terminate_only:
-                return  # the connection is being closed: nothing to reset
+
+def create_async_engine(url: str | sqlalchemy.URL, **kwargs: Any) -> AsyncEngine:
+    """Create an AsyncEngine as SQLAlchemy's ``create_async_engine`` does, lean for units of work.
+
+    The async twin of [`create_engine`][adapters.sqlalchemy.create_engine]: the same reset
+    on return, on the AsyncEngine's sync side (an async operation's one-row write is then
+    two statements, INSERT and COMMIT).
+    """
+    custom_reset = "pool_reset_on_return" in kwargs
+    if not custom_reset:
+        kwargs["pool_reset_on_return"] = None
+    engine = sqlalchemy_asyncio.create_async_engine(url, **kwargs)
+    _make_lean(engine.sync_engine, kwargs, reset=not custom_reset)
+    return engine
+
+
+def _make_lean(engine: Engine, kwargs: dict[str, Any], *, reset: bool) -> None:
+    support = support_for(engine.dialect)
+    if reset:
+
+        def reset_on_return(
+            dbapi_connection: Any, record: Any, reset_state: PoolResetState
+        ) -> None:
+            if reset_state.terminate_only or not reset_state.asyncio_safe:
+                return  # being closed, or garbage collected outside the event loop
             state = record.info.get(KEY)
             clean = isinstance(state, ConnectionState) and state.clean
             if isinstance(state, ConnectionState):
@@ -45,7 +69,6 @@ def create_engine(url: str | sqlalchemy.URL, **kwargs: Any) -> Engine:
                 return
             dbapi_connection.rollback()
 
-        event.listen(engine, "reset", reset)
-    if "creator" not in kwargs:
+        event.listen(engine, "reset", reset_on_return)
+    if "creator" not in kwargs and "async_creator" not in kwargs:
         support.lean(engine, dict(kwargs.get("connect_args", {})))
-    return engine

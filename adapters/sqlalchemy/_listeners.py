@@ -20,11 +20,13 @@ Any other connection's statement passes untouched, unless strict mode is on
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
+from sqlalchemy.util.concurrency import await_only, in_greenlet
 
 from adapters.sqlalchemy import _guard, _strict
 from adapters.sqlalchemy._state import attempt_of_connection, connection_state
@@ -51,6 +53,23 @@ _INSTALLED = "_retrying_uow_installed"
 
 connect_deadline: ContextVar[float | None] = ContextVar("retrying_uow_deadline", default=None)
 """The deadline of the attempt running in this context: it bounds new connections."""
+
+
+def pause(seconds: float) -> None:
+    """Wait between two tries of the library's own round trips (a commit marker's lookup, ...).
+
+    The async adapter runs this code in an AsyncSession's greenlet, on the event loop's
+    thread, where ``time.sleep`` would stop every task of the loop: there the wait is awaited
+    through SQLAlchemy's bridge instead.
+    """
+    try:
+        on_the_loop = in_greenlet()
+    except ImportError:  # no greenlet installed: no AsyncEngine can be running this
+        on_the_loop = False
+    if on_the_loop:
+        await_only(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)
 
 
 def install(engine: Engine, support: DatabaseSupport) -> None:
@@ -101,7 +120,14 @@ def begin_attempt(state: AttemptState, connection: Connection) -> None:
         connection.dialect, proxied.dbapi_connection, remaining
     )
     state.fd = state.support.socket_of(connection.dialect, proxied.dbapi_connection)
-    state.support.begin(connection, state)
+    try:
+        state.support.begin(connection, state)
+    except BaseException:
+        # Only a cancellation gets here (the support keeps its own errors). Its round trip
+        # went to the driver directly, past SQLAlchemy's handling of an interrupted one:
+        # the connection may be in the middle of an exchange and must never be reused.
+        connection.invalidate()
+        raise
 
 
 def refusal(state: AttemptState, call: str, remedy: str) -> TransactionControlError:

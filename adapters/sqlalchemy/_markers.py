@@ -29,7 +29,7 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from adapters.sqlalchemy._listeners import MIN_READ_TIMEOUT, connect_deadline
+from adapters.sqlalchemy._listeners import MIN_READ_TIMEOUT, connect_deadline, pause
 from adapters.sqlalchemy._strict import own
 from uow import ErrorKind
 
@@ -150,7 +150,7 @@ class CommitMarkers:
                 transient = self._support.classify(error).kind in _LOOKUP_RETRYABLE
                 if not transient or time.monotonic() + _LOOKUP_PAUSE >= deadline:
                     raise
-                time.sleep(_LOOKUP_PAUSE)
+                pause(_LOOKUP_PAUSE)  # awaited on an event loop (async adapter)
 
     def _lookup_once(self, token: str, state: AttemptState, deadline: float) -> bool:
         seconds = max(deadline - time.monotonic(), MIN_READ_TIMEOUT)

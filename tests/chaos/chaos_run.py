@@ -247,19 +247,45 @@ def create_schema(server: MariaDBServer, database: str) -> None:
         server.admin(statement.replace("{db}", f"`{database}`"))
 
 
+READ_CATALOG = text("SELECT id, label FROM catalog ORDER BY id")
+INSERT_ENTRY = text("INSERT INTO entries (op_key, attempt) VALUES (:key, :attempt)")
+BUMP_COUNTER = text("UPDATE counter SET n = n + 1 WHERE id = 1")
+"""The operation's statements (the async chaos run sends the same ones)."""
+
+
+def check_catalog(rows: Sequence[object]) -> None:
+    if len(rows) != CATALOG_ROWS:
+        raise AssertionError(f"catalog read {len(rows)} rows")
+
+
 def place_entry(uow: Any, key: str) -> tuple[str, int]:
     """The operation: read the catalog, insert the entry, increment the counter."""
     session = uow.session
-    catalog = session.execute(text("SELECT id, label FROM catalog ORDER BY id")).all()
-    if len(catalog) != CATALOG_ROWS:
-        raise AssertionError(f"catalog read {len(catalog)} rows")
+    check_catalog(session.execute(READ_CATALOG).all())
     number = uow.attempt.number
-    session.execute(
-        text("INSERT INTO entries (op_key, attempt) VALUES (:key, :attempt)"),
-        {"key": key, "attempt": number},
-    )
-    session.execute(text("UPDATE counter SET n = n + 1 WHERE id = 1"))
+    session.execute(INSERT_ENTRY, {"key": key, "attempt": number})
+    session.execute(BUMP_COUNTER)
     return key, number
+
+
+def outcome_of(
+    key: str, started: float, result: object = None, error: Exception | None = None
+) -> OperationOutcome:
+    """What one call did: ``error`` it raised, or ``result`` it returned (checked)."""
+    elapsed = time.monotonic() - started
+    if error is not None:
+        details = retry_details(error)
+        return OperationOutcome(
+            key,
+            returned=False,
+            elapsed=elapsed,
+            error=type(error).__name__,
+            commit_unknown=isinstance(error, CommitOutcomeUnknown),
+            reason=details.reason if details is not None else "",
+        )
+    if not (isinstance(result, tuple) and result[:1] == (key,)):
+        raise AssertionError(f"operation {key} returned {result!r}")
+    return OperationOutcome(key, returned=True, elapsed=elapsed)
 
 
 def _call(runner: Runner[Any], key: str) -> OperationOutcome:
@@ -267,18 +293,8 @@ def _call(runner: Runner[Any], key: str) -> OperationOutcome:
     try:
         result = runner.run(place_entry, key)
     except Exception as error:  # every failure is audited afterwards
-        details = retry_details(error)
-        return OperationOutcome(
-            key,
-            returned=False,
-            elapsed=time.monotonic() - started,
-            error=type(error).__name__,
-            commit_unknown=isinstance(error, CommitOutcomeUnknown),
-            reason=details.reason if details is not None else "",
-        )
-    if result != (key, result[1]):
-        raise AssertionError(f"operation {key} returned {result!r}")
-    return OperationOutcome(key, returned=True, elapsed=time.monotonic() - started)
+        return outcome_of(key, started, error=error)
+    return outcome_of(key, started, result)
 
 
 def run_chaos(

@@ -26,6 +26,7 @@ from servers.mysql_proxy import (
     AtPacket,
     BeforeCommit,
     Blackhole,
+    BlackholeAfterCommit,
     CutMode,
     Fault,
     FaultKind,
@@ -320,6 +321,27 @@ def test_blackhole_times_out_the_client(proxy: FaultProxy) -> None:
         cur.execute("SELECT 3")
     stats = proxy.stats()
     assert (stats.blackholes, stats.faults_fired, stats.cut_count()) == (1, 1, 0)
+
+
+def test_blackhole_after_commit_commits_and_leaves_the_client_waiting(
+    proxy: FaultProxy, mariadb: MariaDBServer, table: None
+) -> None:
+    """The COMMIT reaches the server and commits; its reply and all later traffic vanish."""
+    del table
+    proxy.arm(BlackholeAfterCommit())
+    with client(proxy, read_timeout=1) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")  # not a COMMIT: forwarded, answered
+        cur.execute("INSERT INTO items VALUES (1, 'x')")
+        started = time.monotonic()
+        message = raises_lost(conn.commit)
+        elapsed = time.monotonic() - started
+    assert "timed out" in message
+    assert 0.9 <= elapsed < 2.5
+    assert proxy.wait_fired(0)
+    assert stored_ids(mariadb) == {1}  # committed, although the client never heard
+    stats = proxy.stats()
+    assert (stats.blackholes, stats.faults_fired, stats.cut_count()) == (1, 1, 0)
+    assert (stats.commits_seen, stats.commit_replies_seen) == (1, 1)
 
 
 def test_blackhole_all_then_restore(proxy: FaultProxy) -> None:

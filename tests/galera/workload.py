@@ -47,17 +47,18 @@ def create_schema(cluster: GaleraCluster, database: str) -> None:
         cluster.admin(statement.replace("{db}", f"`{database}`"))
 
 
+INSERT_ENTRY = text(
+    "INSERT INTO entries (op_key, worker, attempt, node)"
+    " VALUES (:key, :worker, :attempt, @@wsrep_node_name)"
+)
+BUMP_COUNTER = text("UPDATE counter SET n = n + 1 WHERE id = 1")
+
+
 def place_entry(uow: Any, key: str, worker: str) -> str:
     """The operation: insert the entry (with the node's name), increment the counter."""
     session = uow.session
-    session.execute(
-        text(
-            "INSERT INTO entries (op_key, worker, attempt, node)"
-            " VALUES (:key, :worker, :attempt, @@wsrep_node_name)"
-        ),
-        {"key": key, "worker": worker, "attempt": uow.attempt.number},
-    )
-    session.execute(text("UPDATE counter SET n = n + 1 WHERE id = 1"))
+    session.execute(INSERT_ENTRY, {"key": key, "worker": worker, "attempt": uow.attempt.number})
+    session.execute(BUMP_COUNTER)
     return key
 
 
@@ -88,24 +89,33 @@ def call(
     if retries is not None:
         retries.begin()
     started = time.monotonic()
+    mine = retries.of_call if retries is not None else tuple
     try:
         runner.run(place_entry, key, worker)
     except Exception as error:  # every failure is audited
-        details = retry_details(error)
-        return Outcome(
-            key,
-            worker,
-            started,
-            time.monotonic(),
-            returned=False,
-            error=f"{type(error).__name__}: {error}"[:200],
-            reason=details.reason if details is not None else "",
-            commit_unknown=isinstance(error, CommitOutcomeUnknown),
-            retries=retries.of_call() if retries is not None else (),
-        )
+        return outcome_of(key, worker, started, error, mine())
+    return outcome_of(key, worker, started, None, mine())
+
+
+def outcome_of(
+    key: str, worker: str, started: float, error: Exception | None, retries: tuple[str, ...]
+) -> Outcome:
+    """How a call that began at ``started`` ended: returned, or with ``error``."""
     ended = time.monotonic()
-    mine = retries.of_call() if retries is not None else ()
-    return Outcome(key, worker, started, ended, returned=True, retries=mine)
+    if error is None:
+        return Outcome(key, worker, started, ended, returned=True, retries=retries)
+    details = retry_details(error)
+    return Outcome(
+        key,
+        worker,
+        started,
+        ended,
+        returned=False,
+        error=f"{type(error).__name__}: {error}"[:200],
+        reason=details.reason if details is not None else "",
+        commit_unknown=isinstance(error, CommitOutcomeUnknown),
+        retries=retries,
+    )
 
 
 class RetryCounter:

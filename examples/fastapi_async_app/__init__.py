@@ -1,0 +1,1 @@
+"""The FastAPI example with ``async def`` operations through an ``AsyncRunner``: see ``app.py``."""

@@ -1,0 +1,1 @@
+"""The async runner against real databases: cancellation, event-loop lag, async chaos."""
