@@ -27,6 +27,14 @@ that is always there. Deposits and withdrawals count for ``ttl`` seconds, so in 
 sustained outage, once the deposits made before it have expired, at most ``ratio``
 times the first attempts per second plus ``min_per_second`` retries per second are
 made, whatever the number of workers.
+
+The floor: a burst of retries can spend the reserve in a few seconds, and its
+withdrawals then count for ``ttl``. Were that all, operations waiting on the empty
+budget would find out that the database is back only when those expire (closed-loop
+workers make no new deposits while they wait). So ``min_per_second`` is also a rate
+that always gets through: whenever fewer retries than that were made in the last second
+or so, one more is paid for, outside the balance. When it succeeds, its refund pays for
+the next waiting retry, and the waiting operations drain as soon as the database answers.
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ class RetryBudget:
         self._net = [0.0] * _SLOTS
         self._stamp = [-1] * _SLOTS
         self._lock = threading.Lock()
+        self._floor = 0.0
+        self._floor_at = clock()
         self.deposits = 0
         """First attempts counted since the budget was made."""
         self.withdrawals = 0
@@ -89,15 +99,26 @@ class RetryBudget:
             self.deposits += 1
 
     def withdraw(self) -> bool:
-        """Pay for one retry if the budget allows it; return whether it did."""
+        """Pay for one retry if the budget (or its floor) allows it; return whether it did."""
         with self._lock:
             now = self._clock()
-            if self._balance(now) < 1.0:
+            floor = self._refill_floor(now)
+            if self._balance(now) >= 1.0:
+                self._net[self._slot(now)] -= 1.0
+            elif floor < 1.0:
                 self.refusals += 1
                 return False
-            self._net[self._slot(now)] -= 1.0
+            # Every retry spends the floor, one second of debt at most: it pays only
+            # when the balance has been paying fewer than ``min_per_second`` retries.
+            self._floor = max(floor - 1.0, -self.policy.min_per_second)
             self.withdrawals += 1
             return True
+
+    def _refill_floor(self, now: float) -> float:
+        rate = self.policy.min_per_second
+        self._floor = min(1.0, self._floor + (now - self._floor_at) * rate)
+        self._floor_at = now
+        return self._floor
 
     def refund(self) -> None:
         """Give back one withdrawal: the retry it paid for succeeded."""

@@ -69,7 +69,8 @@ class RetryBudgetPolicy(BaseModel):
     ratio: Seconds = Field(default=0.2, ge=0, le=100)
     """Retries allowed per first attempt."""
     min_per_second: Seconds = Field(default=10.0, ge=0, le=100_000)
-    """Retries per second allowed whatever the traffic (the reserve)."""
+    """Retries per second allowed whatever the traffic: a reserve of ``min_per_second * ttl``
+    retries, and a rate that still gets through once a burst has spent it."""
     ttl: Seconds = Field(default=30.0, ge=1, le=3_600)
     """Seconds a first attempt's deposit, and a retry's withdrawal, count (by default the
     default time budget of an operation: what was deposited before an outage funds the

@@ -6,7 +6,7 @@ import pytest
 
 from adapters.memory import SimulatedError
 from tests.unit.conftest import FakeClock, backend_of, clocked_runner, create_task, make_runner
-from uow import Reason, RetryPolicy, Runner, retry_details
+from uow import Reason, RetryBudget, RetryBudgetPolicy, RetryPolicy, Runner, retry_details
 from uow.testing import Fault, inject, set_testing
 
 ONE_RETRY = RetryPolicy(retry_budget={"ratio": 0, "min_per_second": 0.1, "ttl": 10})
@@ -81,3 +81,37 @@ def test_no_budget_when_the_policy_has_none(clock: FakeClock) -> None:
     with inject(Fault.disconnect(at=1, times=3)):
         runner.run(create_task, "x")
     assert backend_of(runner).attempts == 4
+
+
+def test_once_a_burst_spent_the_reserve_the_floor_still_pays_its_rate(clock: FakeClock) -> None:
+    """A burst spends the reserve; then ``min_per_second`` retries a second still get through.
+
+    Without the floor, nothing would be paid until the burst's withdrawals expired (ttl),
+    and closed-loop workers waiting on the budget make no deposits meanwhile.
+    """
+    budget = RetryBudget(RetryBudgetPolicy(ratio=0, min_per_second=2, ttl=30), clock)
+    assert sum(budget.withdraw() for _ in range(100)) == 60  # the reserve: 2 a second x 30 s
+    clock.advance(1.0)
+    assert not budget.withdraw()  # the burst left one second of debt on the floor
+    clock.advance(0.5)
+    assert budget.withdraw()
+    assert not budget.withdraw()
+    paid = 0
+    for _ in range(100):  # 10 s, asked every 0.1 s
+        clock.advance(0.1)
+        paid += budget.withdraw()
+    assert paid == 20  # 2 a second, not more
+    assert budget.balance() < 1  # the burst's withdrawals still count
+
+
+def test_a_refund_of_a_floor_paid_retry_pays_the_next_one(clock: FakeClock) -> None:
+    """When a retry the floor paid for succeeds, the next waiting retry goes out at once."""
+    budget = RetryBudget(RetryBudgetPolicy(ratio=0, min_per_second=1, ttl=10), clock)
+    assert sum(budget.withdraw() for _ in range(20)) == 10
+    clock.advance(3.0)
+    assert budget.withdraw()  # the floor
+    assert not budget.withdraw()
+    budget.refund()  # it succeeded: the database answers again
+    assert budget.withdraw()
+    budget.refund()
+    assert budget.withdraw()
