@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Dialect, Engine, ExceptionContext
     from sqlalchemy.orm import Session
 
-    from adapters.sqlalchemy._state import AttemptState
+    from adapters.sqlalchemy._databases import AttemptState
     from uow.testing import Fault
 
 MESSAGES = {

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.orm import Session
 
-    from adapters.sqlalchemy._state import AttemptState
+    from adapters.sqlalchemy._databases import AttemptState
 
 FACTS = (
     "SELECT pg_backend_pid(), inet_server_addr()::text, inet_server_port(), "

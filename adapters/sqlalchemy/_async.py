@@ -18,7 +18,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from adapters.sqlalchemy._backend import SqlAlchemyBackend
 from adapters.sqlalchemy._control import attempt_session_class
-from adapters.sqlalchemy._state import KEY, AttemptState
+from adapters.sqlalchemy._databases import KEY, AttemptState
 from adapters.sqlalchemy._transaction import SessionTransaction
 from uow import AsyncRunner, AttemptInfo, AttemptScope, NestingError, UnitOfWorkBase
 

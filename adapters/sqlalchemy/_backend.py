@@ -18,11 +18,11 @@ from typing_extensions import TypeVar as DefaultTypeVar
 from typing_extensions import Unpack
 
 from adapters.sqlalchemy._control import attempt_session_class
-from adapters.sqlalchemy._databases import support_for
+from adapters.sqlalchemy._databases import KEY, AttemptState
+from adapters.sqlalchemy._engine import support_for
 from adapters.sqlalchemy._listeners import CAUSE_ATTRIBUTE, KIND_ATTRIBUTE, install
 from adapters.sqlalchemy._markers import CommitMarkers
 from adapters.sqlalchemy._pool import bound_pool_waits
-from adapters.sqlalchemy._state import KEY, AttemptState
 from adapters.sqlalchemy._transaction import SessionTransaction
 from uow import (
     AttemptInfo,

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from adapters.sqlalchemy._databases import attempt_of_session
 from adapters.sqlalchemy._listeners import begin_attempt, refusal
-from adapters.sqlalchemy._state import attempt_of_session
 from uow import UnitOfWorkClosedError
 
 if TYPE_CHECKING:

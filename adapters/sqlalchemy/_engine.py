@@ -1,20 +1,44 @@
-"""Engines as SQLAlchemy makes them, without the round trips a unit of work makes redundant."""
+"""Engines: which database support serves one, and engines lean for units of work.
+
+A lean engine is made as SQLAlchemy makes it, without the round trips a unit of work makes
+redundant.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 
-from adapters.sqlalchemy._databases import support_for
-from adapters.sqlalchemy._state import KEY, ConnectionState
+from adapters.sqlalchemy._databases import KEY, ConnectionState
+from adapters.sqlalchemy._generic import GENERIC
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Dialect, Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.pool import PoolResetState
+
+    from adapters.sqlalchemy._databases import DatabaseSupport
+
+
+_SUPPORT_MODULES = {
+    "mysql": "adapters.mysql",
+    "mariadb": "adapters.mysql",
+    "postgresql": "adapters.postgresql",
+}
+"""SQLAlchemy dialect name -> the package whose ``SUPPORT`` serves it."""
+
+
+def support_for(dialect: Dialect) -> DatabaseSupport:
+    """Return the support of a dialect's database (generic when it has no package)."""
+    module = _SUPPORT_MODULES.get(dialect.name)
+    if module is None:
+        return GENERIC
+    support: DatabaseSupport = importlib.import_module(module).SUPPORT
+    return support
 
 
 def create_engine(url: str | sqlalchemy.URL, **kwargs: Any) -> Engine:

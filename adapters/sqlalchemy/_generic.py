@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Dialect, Engine
     from sqlalchemy.orm import Session
 
-    from adapters.sqlalchemy._state import AttemptState
+    from adapters.sqlalchemy._databases import AttemptState
     from uow.testing import Fault
 
 _SQLITE_CLOSED = "Cannot operate on a closed database."  # what its dialect calls a disconnect

@@ -14,7 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from adapters.sqlalchemy._state import AttemptState
+    from adapters.sqlalchemy._databases import AttemptState
 
 logger = logging.getLogger("retrying_uow")
 

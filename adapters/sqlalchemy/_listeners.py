@@ -29,7 +29,7 @@ from sqlalchemy import event
 from sqlalchemy.util.concurrency import await_only, in_greenlet
 
 from adapters.sqlalchemy import _guard, _strict
-from adapters.sqlalchemy._state import attempt_of_connection, connection_state
+from adapters.sqlalchemy._databases import attempt_of_connection, connection_state
 from adapters.sqlalchemy._statements import Effect, first_keyword
 from adapters.sqlalchemy._watchdog import WATCHDOG
 from uow import ErrorKind, TransactionControlError, UnitOfWorkError
@@ -39,8 +39,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Connection, Dialect, Engine, ExceptionContext, ExecutionContext
 
-    from adapters.sqlalchemy._databases import DatabaseSupport
-    from adapters.sqlalchemy._state import AttemptState
+    from adapters.sqlalchemy._databases import AttemptState, DatabaseSupport
 
 KIND_ATTRIBUTE = "__retrying_uow_kind__"
 """Attribute of an error holding a kind the adapter already knows (its read bound fired)."""

@@ -36,8 +36,7 @@ from uow import ErrorKind
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Dialect, Engine
 
-    from adapters.sqlalchemy._databases import DatabaseSupport
-    from adapters.sqlalchemy._state import AttemptState
+    from adapters.sqlalchemy._databases import AttemptState, DatabaseSupport
 
 MARKER_TABLE = "retrying_uow_commit_markers"
 

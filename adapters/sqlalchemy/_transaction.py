@@ -19,9 +19,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy.orm import Session
 
-    from adapters.sqlalchemy._databases import DatabaseSupport
+    from adapters.sqlalchemy._databases import AttemptState, DatabaseSupport
     from adapters.sqlalchemy._markers import CommitMarkers
-    from adapters.sqlalchemy._state import AttemptState
     from uow import UnitOfWorkBase
 
 logger = logging.getLogger("retrying_uow")

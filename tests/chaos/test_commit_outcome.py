@@ -28,7 +28,7 @@ from adapters.sqlalchemy import (
     SqlAlchemyUnitOfWork,
     create_commit_marker_table,
 )
-from adapters.sqlalchemy._state import AttemptState
+from adapters.sqlalchemy._databases import AttemptState
 from servers.mysql_proxy import (
     AfterCommitReply,
     AtPacket,

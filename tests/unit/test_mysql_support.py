@@ -13,7 +13,7 @@ from sqlalchemy.orm import sessionmaker
 from adapters.mysql import SUPPORT, driver
 from adapters.mysql._support import _invalidate_on_failover
 from adapters.sqlalchemy import SqlAlchemyBackend
-from adapters.sqlalchemy._state import AttemptState, ConnectionState
+from adapters.sqlalchemy._databases import AttemptState, ConnectionState
 from tests.unit.conftest import wrapped
 from uow import AttemptInfo, Classification, ErrorKind
 
