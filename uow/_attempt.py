@@ -12,12 +12,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
+from uow._commit import NO_LIMIT, AttemptLimit
 from uow._errors import BlockFormError, NestingError
 from uow._lifecycle import finish
 from uow._script import run_async, run_sync
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from contextvars import Token
     from types import TracebackType
 
@@ -95,10 +95,6 @@ def _cancel_requests() -> int:
     return 0 if task is None else task.cancelling()
 
 
-def _never() -> bool:
-    return False
-
-
 class _State(enum.Enum):
     NEW = "new"
     ENTERED = "entered"
@@ -133,7 +129,7 @@ class _AttemptCore(Generic[U]):
         return unit
 
     def _ending(
-        self, error: BaseException | None, ran_out: Callable[[], bool] = _never
+        self, error: BaseException | None, limit: AttemptLimit = NO_LIMIT
     ) -> Script[BaseException | None]:
         # Leave the context first: a verification or a nested commit resolution that
         # runs from here is not part of this attempt any more.
@@ -141,9 +137,7 @@ class _AttemptCore(Generic[U]):
             active_attempt.reset(self._token)
             self._token = None
         self._state = _State.DONE
-        return finish(
-            self._loop, self.number, self._transaction, error, self._checker, ran_out=ran_out
-        )
+        return finish(self._loop, self.number, self._transaction, error, self._checker, limit=limit)
 
     def outcome(self) -> BaseException | None:
         """Return the error that ended the attempt (``None``: committed); check it was used."""
@@ -229,7 +223,8 @@ class AsyncAttempt(_AttemptCore[U]):
             exc = dropped
         taken: asyncio.CancelledError | None = None
         try:
-            error = await run_async(self._ending(exc, timer.expired))
+            limit = AttemptLimit(ran_out=timer.expired, extend=self._extend)
+            error = await run_async(self._ending(exc, limit))
         except asyncio.CancelledError as cancelled:  # cut short while cleaning up
             if not timer.expired():
                 raise
@@ -251,6 +246,13 @@ class AsyncAttempt(_AttemptCore[U]):
             error = self._loop.budget_ran_out(self.number, error)
         self._error = error
         return True  # the loop re-raises it when no retry follows
+
+    def _extend(self, until: float) -> None:
+        """Let the settlement of a lost COMMIT run until ``until`` (the runner's clock)."""
+        if self._timer.expired():
+            return  # its cancellation was delivered already: nothing more will cut it short
+        remaining = max(until - self._loop.settings.clock(), 0.0)
+        self._timer.reschedule(asyncio.get_running_loop().time() + remaining)
 
 
 class JoinedAttempt(Generic[U]):

@@ -33,6 +33,31 @@ Checker = Callable[[float], Callable[[Callable[[Any], object]], object]]
 """Given a timeout, returns the ``run`` of a fresh runner for a verification."""
 
 
+def _never() -> bool:
+    return False
+
+
+def _unlimited(_until: float) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptLimit:
+    """An attempt's own time limit, as the settlement of a lost COMMIT meets it.
+
+    Async attempts run under ``asyncio.timeout`` until the operation's deadline: a COMMIT
+    it cut short is settled like a lost one (``ran_out``), and the settlement's grace past
+    the deadline moves that timeout (``extend``, given the clock's time it may run until).
+    Sync attempts have no such limit.
+    """
+
+    ran_out: Callable[[], bool] = _never
+    extend: Callable[[float], None] = _unlimited
+
+
+NO_LIMIT = AttemptLimit()
+
+
 @dataclass(frozen=True, slots=True)
 class CommitOutcome:
     """What was learnt about a lost COMMIT: ``committed`` is ``None`` when unknown."""
@@ -51,7 +76,7 @@ def after_failed_commit(
     error: BaseException,
     checker: Checker,
     *,
-    ran_out: Callable[[], bool],
+    limit: AttemptLimit = NO_LIMIT,
 ) -> Script[BaseException | None]:
     """Turn an error raised by COMMIT into the one the loop should see (``None``: committed).
 
@@ -59,13 +84,13 @@ def after_failed_commit(
     COMMIT cut short by the operation's own time budget may still commit on the server
     (a late commit): it is settled like a lost one. Any other cancellation propagates.
     """
-    if ran_out() and isinstance(error, asyncio.CancelledError):
+    if limit.ran_out() and isinstance(error, asyncio.CancelledError):
         error = loop.budget_ran_out(number, error)
     elif not commit_outcome_unknown(loop.classify(error).kind):
         return error  # the server answered: the transaction did not commit
     if not transaction.wrote:
         return error  # nothing to have committed: a plain lost connection, rerun as such
-    outcome = yield from _resolve(loop, transaction, checker)
+    outcome = yield from _resolve(loop, transaction, checker, limit)
     log_resolution(loop.name, number, outcome)
     if outcome.committed is True:
         return None
@@ -76,10 +101,13 @@ def after_failed_commit(
     return unknown
 
 
-def _resolve(loop: RetryLoop, transaction: Any, checker: Checker) -> Script[CommitOutcome]:
+def _resolve(
+    loop: RetryLoop, transaction: Any, checker: Checker, limit: AttemptLimit = NO_LIMIT
+) -> Script[CommitOutcome]:
     """Ask the commit marker, then the verification, whether the transaction committed."""
     clock = loop.settings.clock
     deadline = max(loop.deadline, clock() + RESOLUTION_GRACE)
+    limit.extend(deadline)
     try:
         marked = yield partial(transaction.committed, deadline - clock())
     except Exception as failed:  # noqa: BLE001 -- an unreachable server: the outcome stays unknown

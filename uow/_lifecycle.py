@@ -8,7 +8,7 @@ The order matters and is the same for every adapter, sync or async:
    safe to rerun; only an error raised by COMMIT itself can leave the outcome unknown.
 3. After a failure the attempt is rolled back; it is closed in every case.
 4. A failed COMMIT is settled after the close (`uow._commit.after_failed_commit`);
-   so is a COMMIT the operation's time budget cut short (``ran_out``, async attempts).
+   so is a COMMIT the operation's time budget cut short (async attempts' ``AttemptLimit``).
 5. Events recorded by an attempt that committed are published.
 """
 
@@ -16,12 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from uow._commit import after_failed_commit
+from uow._commit import NO_LIMIT, AttemptLimit, after_failed_commit
 from uow._events import publish
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from uow._commit import Checker
     from uow._loop import RetryLoop
     from uow._script import Script
@@ -34,7 +32,7 @@ def finish(
     error: BaseException | None,
     checker: Checker,
     *,
-    ran_out: Callable[[], bool],
+    limit: AttemptLimit = NO_LIMIT,
 ) -> Script[BaseException | None]:
     """End attempt ``number``; return the error the loop should judge, or ``None`` if committed."""
     seen = transaction.errors
@@ -57,7 +55,7 @@ def finish(
         yield transaction.close
     if commit_error is not None:
         error = yield from after_failed_commit(
-            loop, number, transaction, commit_error, checker, ran_out=ran_out
+            loop, number, transaction, commit_error, checker, limit=limit
         )
     if error is None:
         events = transaction.events

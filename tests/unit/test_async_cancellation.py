@@ -165,15 +165,6 @@ class SlowMarkers(AsyncInMemoryBackend):
         return transaction
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason=(
-        "the async attempt settles a lost COMMIT inside its own asyncio.timeout, which ends at "
-        "the operation's deadline: a lookup that needs the resolution's grace past it is "
-        "cancelled, and the operation ends with the budget's TimeoutError, not the outcome"
-    ),
-)
 async def test_a_lost_commit_near_the_end_of_the_budget_is_still_settled() -> None:
     """COMMIT lost 0.05 s before the deadline, its marker found 0.2 s later: the result."""
     runner = AsyncRunner(
