@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 SUBCOMMANDS = (
     "recovery", "connect", "memory", "layers", "network", "storm", "postgres", "async",
+    "instructions",
 )  # fmt: skip
 
 
@@ -42,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks import postgres as module  # noqa: PLC0415
     elif command == "async":
         from benchmarks import asyncio_cases as module  # noqa: PLC0415
+    elif command == "instructions":
+        from benchmarks import instructions as module  # noqa: PLC0415
     else:
         from benchmarks import run as module  # noqa: PLC0415
     parser = argparse.ArgumentParser(

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
 from uow._commit import NO_LIMIT, AttemptLimit
 from uow._errors import BlockFormError, NestingError
@@ -30,8 +29,7 @@ if TYPE_CHECKING:
 U = TypeVar("U")
 
 
-@dataclass(frozen=True, slots=True)
-class ActiveAttempt:
+class ActiveAttempt(NamedTuple):
     """The attempt running in the current context, so that nested operations can join it."""
 
     backend: Any
@@ -83,10 +81,11 @@ def joined_unit(backend: Any, settings: RunnerSettings, flavour: Flavour, name: 
 
 
 def _current_task() -> object:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no running event loop: sync code
+    # asyncio's own cheap check (exported by asyncio.events): sync code has no running
+    # loop, and catching current_task()'s RuntimeError would cost it more than the rest.
+    if asyncio._get_running_loop() is None:  # noqa: SLF001 -- see above
         return None
+    return asyncio.current_task()
 
 
 def _cancel_requests() -> int:

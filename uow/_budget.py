@@ -60,6 +60,7 @@ class RetryBudget:
         self.policy = policy
         self._clock = clock
         self._slot_seconds = policy.ttl / _SLOTS
+        self._ratio = policy.ratio
         self._net = [0.0] * _SLOTS
         self._stamp = [-1] * _SLOTS
         self._lock = threading.Lock()
@@ -93,9 +94,15 @@ class RetryBudget:
         return self.policy.min_per_second * self.policy.ttl + live
 
     def deposit(self) -> None:
-        """Count one first attempt."""
+        """Count one first attempt (every operation does: `_slot` inlined)."""
+        now = self._clock()
+        period = math.floor(now / self._slot_seconds)
+        index = period % _SLOTS
         with self._lock:
-            self._net[self._slot(self._clock())] += self.policy.ratio
+            if self._stamp[index] != period:
+                self._stamp[index] = period
+                self._net[index] = 0.0
+            self._net[index] += self._ratio
             self.deposits += 1
 
     def withdraw(self) -> bool:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from uow._kinds import ErrorKind, commit_outcome_unknown
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 Point = int | Literal["commit"]
 """Where a fault strikes in an attempt: the N-th statement (from 1) or its COMMIT."""
@@ -206,6 +206,7 @@ def inject(*faults: Fault, strict: bool = True) -> Iterator[Injection]:
         raise AssertionError(msg)
 
 
-def current_injection() -> Injection | None:
-    """Return the injection active in this context, for the runner to hand to adapters."""
-    return _injection.get()
+current_injection: Callable[[], Injection | None] = _injection.get
+"""Return the injection active in this context, for the runner to hand to adapters.
+
+(The context variable's own ``get``: every operation asks, and most get ``None``.)"""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import tenacity
 
-from uow._attempt import Attempt, JoinedAttempt, joined_unit
+from uow._attempt import Attempt, JoinedAttempt, active_attempt, joined_unit
 from uow._blockform import check_block_form
 from uow._budget import RetryBudget, budget_for
 from uow._decision import Reason
@@ -129,39 +129,46 @@ class Runner(Generic[U_co]):
     def _attempts(
         self, name: str, caller: FrameType | None
     ) -> Iterator[Attempt[U_co] | JoinedAttempt[U_co]]:
-        check_block_form(caller)
-        joined = joined_unit(self._backend, self._settings, "sync", name)
-        if joined is not None:
-            yield JoinedAttempt(joined)
-            return
+        if caller is not None:
+            check_block_form(caller)
+        if active_attempt.get() is not None:  # inside a running operation: join or refuse
+            joined = joined_unit(self._backend, self._settings, "sync", name)
+            if joined is not None:
+                yield JoinedAttempt(joined)
+                return
         loop = RetryLoop(self._settings, self._backend, name, self._budget)
         attempt: Attempt[U_co] = Attempt(loop, 1, self._checker)
         yield attempt
         error = self._outcome(attempt)
-        if error is None:
-            return
+        if error is not None:
+            yield from self._reruns(loop, error)
+
+    def _reruns(self, loop: RetryLoop, error: BaseException) -> Iterator[Attempt[U_co]]:
+        """After a failed first attempt: the retries, through tenacity, or the error."""
         decision = loop.conclude(1, error)
         if not decision.retry:
             raise error
         try:
             loop.pause(decision.wait, sync=True)
             for manager in tenacity.Retrying(**loop.tenacity_options(sync=True)):
-                attempt = Attempt(loop, manager.retry_state.attempt_number + 1, self._checker)
+                attempt: Attempt[U_co] = Attempt(
+                    loop, manager.retry_state.attempt_number + 1, self._checker
+                )
                 yield attempt
-                error = self._outcome(attempt)
-                if error is None:
+                failed = self._outcome(attempt)
+                if failed is None:
                     loop.succeeded(attempt.number)
                 with manager:
-                    if error is not None:
-                        raise error
+                    if failed is not None:
+                        raise failed
         except RetryBudgetRefused:
             refused = True
         else:
             refused = False
         if refused:
-            number, error = loop.last_failure()
-            loop.conclude(number, error, stop=Reason.RETRY_BUDGET_EXHAUSTED)
-            raise error
+            number, last = loop.last_failure()
+            loop.conclude(number, last, stop=Reason.RETRY_BUDGET_EXHAUSTED)
+            raise last
 
     @staticmethod
     def _outcome(attempt: Attempt[Any]) -> BaseException | None:

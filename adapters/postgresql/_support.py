@@ -35,7 +35,7 @@ _ABORTED_NOTE = (
     "retrying-uow: the operation caught an earlier database error and went on, but "
     "PostgreSQL aborts the whole transaction at any error, so its COMMIT would have "
     "written nothing (and reported success). Let the error propagate, or run the "
-    "statement that may fail in a savepoint: `with uow.session.begin_nested(): ...`"
+    "statement that may fail in a savepoint: `with uow.begin_nested(): ...`"
 )
 _CAUSES = {
     "25P03": "the server's idle_in_transaction_session_timeout ended the session",

@@ -18,7 +18,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from adapters.sqlalchemy._backend import SqlAlchemyBackend
 from adapters.sqlalchemy._control import attempt_session_class
-from adapters.sqlalchemy._databases import KEY, AttemptState
+from adapters.sqlalchemy._databases import AttemptState, bind_session
 from adapters.sqlalchemy._transaction import SessionTransaction
 from uow import AsyncRunner, AttemptInfo, AttemptScope, NestingError, UnitOfWorkBase
 
@@ -160,7 +160,7 @@ class AsyncSqlAlchemyBackend:
         else:
             session = self._sessions(bind=self._engine.execution_options(isolation_level=level))
         state = AttemptState(attempt, self._sync.state_support)
-        session.sync_session.info[KEY] = state
+        bind_session(session.sync_session, state)
         unit = self._unit_class(session, attempt, self._repositories)
         sync = SessionTransaction(unit, session.sync_session, state, self._sync.commit_markers)
         return AsyncSessionTransaction(unit, session, sync)

@@ -18,7 +18,7 @@ from typing_extensions import TypeVar as DefaultTypeVar
 from typing_extensions import Unpack
 
 from adapters.sqlalchemy._control import attempt_session_class
-from adapters.sqlalchemy._databases import KEY, AttemptState
+from adapters.sqlalchemy._databases import AttemptState, bind_session
 from adapters.sqlalchemy._engine import support_for
 from adapters.sqlalchemy._listeners import CAUSE_ATTRIBUTE, KIND_ATTRIBUTE, install
 from adapters.sqlalchemy._markers import CommitMarkers
@@ -217,7 +217,7 @@ class SqlAlchemyBackend:
         else:
             session = self._sessions(bind=self._bound(level))
         state = AttemptState(attempt, self._support)
-        session.info[KEY] = state
+        bind_session(session, state)
         unit = self._unit_class(session, attempt, self._repositories)
         return SessionTransaction(unit, session, state, self._markers)
 

@@ -11,7 +11,7 @@ are executed (see `adapters.sqlalchemy._listeners`).
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -23,6 +23,8 @@ from uow import UnitOfWorkClosedError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
+    from adapters.sqlalchemy._databases import AttemptState
+
 S = TypeVar("S", bound=Session)
 
 REMEDIES = {
@@ -32,11 +34,11 @@ REMEDIES = {
     ),
     "Session.rollback()": (
         "raise an exception to roll the whole operation back; to undo only part of it, "
-        "use a savepoint: `with uow.session.begin_nested(): ...`"
+        "use a savepoint: `with uow.begin_nested(): ...`"
     ),
     "Session.begin()": (
         "the operation already runs in the runner's transaction; use "
-        "`uow.session.begin_nested()` for a savepoint"
+        "`uow.begin_nested()` for a savepoint"
     ),
     "Session.close()": "the runner closes the session when the attempt ends",
     "Session.reset()": "the runner closes the session when the attempt ends",
@@ -50,8 +52,12 @@ REMEDIES = {
 def check_call(session: Session, call: str) -> None:
     """Refuse ``call`` on an attempt's session unless the runner itself makes it."""
     state = attempt_of_session(session)
-    if state is None or state.owner:
-        return
+    if state is not None and not state.owner:
+        refuse(state, call)
+
+
+def refuse(state: AttemptState, call: str) -> NoReturn:
+    """Raise the error for ``call`` on the session of ``state`` by anyone but the runner."""
     if state.ended:
         attempt = state.attempt
         msg = (
@@ -66,9 +72,14 @@ def check_call(session: Session, call: str) -> None:
 class OwnedTransaction(Session):
     """The calls that end or restart a Session's transaction, refused while an operation runs."""
 
+    _retrying_uow_attempt: AttemptState | None = None
+    """The attempt of this session (``_databases.bind_session`` sets it under this name)."""
+
     def commit(self) -> None:
         """Refused: the runner commits."""
-        check_call(self, "Session.commit()")
+        state = self._retrying_uow_attempt  # check_call, inlined: the runner's own commit
+        if state is not None and not state.owner:
+            refuse(state, "Session.commit()")
         super().commit()
 
     def rollback(self) -> None:
@@ -84,7 +95,9 @@ class OwnedTransaction(Session):
 
     def close(self) -> None:
         """Refused: the runner closes the session."""
-        check_call(self, "Session.close()")
+        state = self._retrying_uow_attempt  # check_call, inlined: the runner's own close
+        if state is not None and not state.owner:
+            refuse(state, "Session.close()")
         super().close()
 
     def reset(self) -> None:

@@ -9,15 +9,16 @@ their own (SQLite, and any other) get the generic rules of `adapters.sqlalchemy.
 statement rules every database shares are in `adapters.sqlalchemy._statements`.
 
 The state is what the adapter and a database's support both read and fill in: one
-`AttemptState` per attempt, in its Session's ``info`` and, while the attempt holds a
-connection, in that connection's `ConnectionState`. Every listener of the adapter reads
-them through the accessors at the end; nothing else is kept in ``info`` dictionaries.
+`AttemptState` per attempt, on its Session and, while the attempt holds a connection, in
+that connection's `ConnectionState` (in its ``info``). Every listener of the adapter reads
+them through the accessors at the end; nothing else is kept on sessions or connections.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -48,7 +49,10 @@ class DatabaseSupport(Protocol):
         """Bound the connect and login of a new connection to ``seconds``."""
 
     def bound_reads(self, dialect: Dialect, dbapi_connection: Any, seconds: float) -> Any:
-        """Bound every read on an open connection; return an undo callable, or ``None``."""
+        """Bound every read on an open connection; return an undo callable, or ``None``.
+
+        ``None`` says the driver cannot: the attempt does not ask again at each statement.
+        """
 
     def socket_of(self, dialect: Dialect, dbapi_connection: Any) -> int | None:
         """Return the socket of a connection whose reads cannot be bounded once it is open.
@@ -99,7 +103,9 @@ class DatabaseSupport(Protocol):
 
 
 KEY = "retrying_uow"
-"""The one key of the adapter in ``Session.info`` and in a pooled connection's ``info``."""
+"""The one key of the adapter in a pooled connection's ``info``."""
+_SESSION_ATTRIBUTE = "_retrying_uow_attempt"
+"""The one attribute of the adapter on an attempt's Session."""
 
 
 @dataclass(eq=False, slots=True)
@@ -121,13 +127,17 @@ class ConnectionState:
     """The attempt holding it now, if any."""
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, init=False)
 class AttemptState:
-    """What the adapter knows of one attempt's transaction."""
+    """What the adapter knows of one attempt's transaction.
+
+    Made for every attempt, so its ``__init__`` sets only what has no default: the
+    defaults are the class's until an attempt changes them.
+    """
 
     attempt: AttemptInfo
     support: DatabaseSupport
-    errors: list[BaseException] = field(default_factory=list)
+    errors: list[BaseException]
     """Database errors raised on the attempt's connection, even those its code caught."""
     connection: ConnectionState | None = None
     dbapi_connection: Any = None
@@ -140,7 +150,12 @@ class AttemptState:
     """The attempt is over: its session may not be used any more."""
     began: float = 0.0
     last_activity: float = 0.0
-    warned: set[str] = field(default_factory=set)
+    warned: tuple[str, ...] = ()
+    """The guard's warnings given so far (each once per attempt)."""
+    idle_limit: float = math.inf
+    """Seconds idle after which the guard has something to say (the server's wait_timeout)."""
+    open_limit: float = math.inf
+    """Seconds open after which the guard has something to say (``warn_transaction_after``)."""
     undo_read_bound: Callable[[], None] | None = None
     fd: int | None = None
     """The socket the watchdog shuts down at the deadline (drivers that cannot bound reads)."""
@@ -148,6 +163,12 @@ class AttemptState:
     """``time.time()`` when the connection was known alive (its attempt began)."""
     transaction_id: object = None
     """What identifies the transaction on the server, where the database can say (PostgreSQL)."""
+
+    def __init__(self, attempt: AttemptInfo, support: DatabaseSupport) -> None:
+        """Start the state of one attempt, served by ``support``."""
+        self.attempt = attempt
+        self.support = support
+        self.errors = []
 
     def start(self, connection: ConnectionState, dbapi_connection: Any) -> None:
         """Bind the attempt to the connection its transaction began on."""
@@ -171,10 +192,15 @@ class AttemptState:
             undo()
 
 
+def bind_session(session: Session, state: AttemptState) -> None:
+    """Make ``session`` the session of the attempt of ``state``."""
+    setattr(session, _SESSION_ATTRIBUTE, state)
+
+
 def attempt_of_session(session: Session) -> AttemptState | None:
     """Return the attempt a Session belongs to (``None``: a session of the user's own)."""
-    state = session.info.get(KEY)
-    return state if isinstance(state, AttemptState) else None
+    state = getattr(session, _SESSION_ATTRIBUTE, None)
+    return state if type(state) is AttemptState else None
 
 
 def connection_state(info: dict[Any, Any]) -> ConnectionState:

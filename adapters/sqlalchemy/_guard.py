@@ -21,6 +21,25 @@ logger = logging.getLogger("retrying_uow")
 READ_TIMEOUT_CAUSE = "client read timeout: the operation's time budget ran out while waiting"
 
 
+def arm(state: AttemptState) -> None:
+    """Set the limits past which `check` has something to say, once the attempt has begun.
+
+    Statements compare two numbers with them, so an attempt within both pays nothing more.
+    """
+    policy = state.attempt.policy
+    connection = state.connection
+    wait_timeout = None if connection is None else connection.wait_timeout
+    if policy.warn_idle_transaction and wait_timeout is not None:
+        state.idle_limit = wait_timeout
+    if policy.warn_transaction_after is not None:
+        state.open_limit = policy.warn_transaction_after
+
+
+def due(state: AttemptState, now: float) -> bool:
+    """Tell whether `check` may have something to say at ``now``."""
+    return now - state.last_activity > state.idle_limit or now - state.began > state.open_limit
+
+
 def check(state: AttemptState, now: float) -> None:
     """Warn (once each) when the attempt's transaction sat idle too long or is open too long."""
     policy = state.attempt.policy
@@ -34,7 +53,7 @@ def check(state: AttemptState, now: float) -> None:
         and idle > wait_timeout
         and "idle" not in state.warned
     ):
-        state.warned.add("idle")
+        state.warned = (*state.warned, "idle")
         logger.warning(
             "transaction of %s sat idle %.1f s, past the server's wait_timeout of %.0f s: "
             "expect 'MySQL server has gone away'; do slow work outside the operation",
@@ -46,7 +65,7 @@ def check(state: AttemptState, now: float) -> None:
     open_for = now - state.began
     limit = policy.warn_transaction_after
     if limit is not None and open_for > limit and "long" not in state.warned:
-        state.warned.add("long")
+        state.warned = (*state.warned, "long")
         logger.warning(
             "transaction of %s has been open %.1f s (warn_transaction_after=%.1f s); "
             "long transactions hold locks and connections: split the operation",

@@ -121,6 +121,7 @@ def begin_attempt(state: AttemptState, connection: Connection) -> None:
     state.fd = state.support.socket_of(connection.dialect, proxied.dbapi_connection)
     try:
         state.support.begin(connection, state)
+        _guard.arm(state)
     except BaseException:
         # Only a cancellation gets here (the support keeps its own errors). Its round trip
         # went to the driver directly, past SQLAlchemy's handling of an interrupted one:
@@ -171,14 +172,16 @@ def _before(state: AttemptState, statement: str, context: ExecutionContext) -> N
     elif effect is Effect.ENDS and not state.owner:
         remedy = (
             "let the runner commit when the operation returns (savepoints: "
-            "`uow.session.begin_nested()`); run schema changes outside operations"
+            "`uow.begin_nested()`); run schema changes outside operations"
         )
         raise refusal(state, f"the statement {name}", remedy)
     now = time.monotonic()
-    _guard.check(state, now)
-    # The bound set at BEGIN would let a read that starts late outlast the deadline.
-    remaining = max(state.attempt.deadline - now, MIN_READ_TIMEOUT)
-    state.support.bound_reads(context.dialect, state.dbapi_connection, remaining)
+    if now - state.last_activity > state.idle_limit or now - state.began > state.open_limit:
+        _guard.check(state, now)  # (`_guard.due`, inlined: this runs for every statement)
+    if state.undo_read_bound is not None:
+        # The bound set at BEGIN would let a read that starts late outlast the deadline.
+        remaining = max(state.attempt.deadline - now, MIN_READ_TIMEOUT)
+        state.support.bound_reads(context.dialect, state.dbapi_connection, remaining)
 
 
 def _watched(state: AttemptState) -> int | None:
@@ -260,14 +263,16 @@ def _owned_commit(dialect: Dialect, original: Callable[[Any], None]) -> Callable
             remedy = "let the runner commit when the operation returns"
             raise refusal(state, "Connection.commit()", remedy)
         now = time.monotonic()
-        _guard.check(state, now)
+        if _guard.due(state, now):
+            _guard.check(state, now)
         fault = state.attempt.fault_at("commit") if state.attempt.faults is not None else None
         if fault is not None:
             if fault.committed:
                 original(dbapi_connection)  # applied; only the reply is lost
             raise state.support.fault_error(dialect, fault)
-        remaining = max(state.attempt.deadline - now, MIN_READ_TIMEOUT)
-        state.support.bound_reads(dialect, state.dbapi_connection, remaining)
+        if state.undo_read_bound is not None:
+            remaining = max(state.attempt.deadline - now, MIN_READ_TIMEOUT)
+            state.support.bound_reads(dialect, state.dbapi_connection, remaining)
         token = _watched(state)
         try:
             original(dbapi_connection)

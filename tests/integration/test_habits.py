@@ -250,7 +250,7 @@ def test_savepoints_and_temporary_tables_stay_allowed(db: Database, units: Runne
         uow.tasks.add(Task(name="earlier write"))
         uow.session.execute(text("CREATE TEMPORARY TABLE scratch (id INT)"))
         try:
-            with uow.session.begin_nested():
+            with uow.begin_nested():
                 uow.tasks.add(Task(name=name))
         except IntegrityError:
             pass
